@@ -1,0 +1,56 @@
+"""The `neuromas` command line: one module per subcommand under `neuromas.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from neuromas.diagnostics import CompileError, UserError
+
+# Each module defines `add_parser(subparsers)` and `run(args) -> int`.
+COMMANDS = ("check", "fmt", "compile")
+
+EXAMPLE = """example:
+  neuromas compile specs/neuromas3.nmas
+  neuromas check specs/*.nmas
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuromas",
+        description="Compile and run multi-agent LLM systems described in .nmas specs.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"neuromas.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except CompileError as err:
+        if args.debug:
+            raise
+        print(err.render(), file=sys.stderr)
+        return 2
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `neuromas` CLI, one module each (see `neuromas.cli.COMMANDS`)."""

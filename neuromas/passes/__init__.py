@@ -1,0 +1,1 @@
+"""Compiler passes: pure functions over the IR, run in order by `neuromas.pipeline`."""

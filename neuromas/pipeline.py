@@ -1,0 +1,116 @@
+"""Spec text -> Plan: the whole compiler, pass by pass."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from neuromas import ir, plan
+from neuromas.diagnostics import CompileError, Diagnostic
+from neuromas.emit import emit_plan
+from neuromas.growth import GrownStage, grow, origins
+from neuromas.lower import SpanIndex, lower
+from neuromas.passes.assign_adapters import assign_adapters
+from neuromas.passes.assign_levels import assign_levels
+from neuromas.passes.batch_levels import batch_levels
+from neuromas.passes.expand_repeats import expand_repeats
+from neuromas.passes.order_prompts import order_prompts
+from neuromas.passes.prune_unreachable import prune_unreachable
+from neuromas.passes.resolve_edges import resolve_edges
+from neuromas.passes.verify import verify_ir
+from neuromas.syntax import parse_text
+from neuromas.templates import load_templates
+from neuromas.validate import check_graph, check_system
+
+# In order. The node-level checks run between resolve_edges and prune_unreachable.
+FRONT_PASSES: tuple[Callable[[Any], Any], ...] = (expand_repeats, resolve_edges)
+BACK_PASSES: tuple[Callable[[Any], Any], ...] = (
+    prune_unreachable,
+    assign_levels,
+    assign_adapters,
+    batch_levels,
+    order_prompts,
+)
+PASSES = FRONT_PASSES + BACK_PASSES
+
+
+def run_passes(value: Any, passes: Sequence[Callable[[Any], Any]], verify: bool) -> Any:
+    for compiler_pass in passes:
+        value = compiler_pass(value)
+        if verify:
+            verify_ir(value, after=compiler_pass.__name__)
+    return value
+
+
+def compile_source(
+    source: str,
+    file: str = "<spec>",
+    *,
+    base_dir: Path | None = None,
+    allow_outside_paths: bool = False,
+    verify: bool | None = None,
+) -> plan.Plan:
+    """Compile spec text; raises CompileError with every problem found.
+
+    `base_dir` is the folder relative paths (templates) resolve against; `verify`
+    (default: env NEUROMAS_VERIFY=1) checks the IR after every pass.
+    """
+    if verify is None:
+        verify = os.environ.get("NEUROMAS_VERIFY") == "1"
+    spec = parse_text(source, file)
+    system, spans = lower(spec)
+    _raise_errors(check_system(system, spans), source)
+    graph = _checked_graph(system, spans, source, verify)
+    stages, problems = grow(expand_repeats(system), spans)
+    _raise_errors(problems, source)
+    templates, problems = load_templates(system, spans, base_dir or Path.cwd(), allow_outside_paths)
+    _raise_errors(problems, source)
+    base = emit_plan(run_passes(graph, BACK_PASSES, verify), templates)
+    growth = _compile_stages(stages, spans, source, templates, verify)
+    return plan.Plan(**{**_fields(base), "growth": growth})
+
+
+def _checked_graph(system: ir.System, spans: SpanIndex, source: str, verify: bool) -> ir.Graph:
+    graph = run_passes(system, FRONT_PASSES, verify)
+    _raise_errors(check_graph(graph, spans, system), source)
+    return graph
+
+
+def _compile_stages(
+    stages: list[GrownStage], spans: SpanIndex, source: str, templates: dict[str, str], verify: bool
+) -> tuple[plan.GrowthStage, ...]:
+    compiled: list[plan.GrowthStage] = []
+    trained: plan.Plan | None = None
+    for index, grown in enumerate(stages):
+        where = SpanIndex(spans.file)
+        where.add((), spans.find(("growth", index)))
+        problems = check_system(grown.system, where)
+        if not problems:
+            graph = run_passes(grown.system, FRONT_PASSES, verify)
+            problems = check_graph(graph, where, grown.system)
+        if any(d.severity == "error" for d in problems):
+            name = grown.stage.name
+            _raise_errors([Diagnostic(d.span, f"after growth stage '{name}': {d.message}", d.hint) for d in problems], source)
+        stage_plan = emit_plan(run_passes(graph, BACK_PASSES, verify), templates, stage=grown.stage.name)
+        compiled.append(
+            plan.GrowthStage(
+                name=grown.stage.name,
+                after_steps=grown.stage.after_steps,
+                plateau_evals=grown.stage.plateau_evals,
+                plan=stage_plan,
+                origins=origins(grown, stage_plan, trained),
+            )
+        )
+        trained = stage_plan
+    return tuple(compiled)
+
+
+def _fields(struct: Any) -> dict[str, Any]:
+    return {name: getattr(struct, name) for name in struct.__struct_fields__}
+
+
+def _raise_errors(diagnostics: list[Diagnostic], source: str) -> None:
+    if any(d.severity == "error" for d in diagnostics):
+        raise CompileError(diagnostics, source)

@@ -1,0 +1,1 @@
+"""The NeuroMAS runtime: plans -> rollouts, rewards and adapter updates (imports torch)."""

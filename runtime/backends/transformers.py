@@ -1,0 +1,251 @@
+"""Batched GenRequests -> GenResults with transformers `generate`: one base model, a LoRA per row.
+
+Rows are left-padded into one batch. peft's mixed-adapter batching (`adapter_names=`,
+eval mode only) applies each row's own LoRA over the shared base weights; rows without
+an adapter run the base model (peft's name for it is "__base__").
+
+Sampling is done by `RowSampler`, the last logits processor: it applies each row's
+temperature and top-p, and records the log-probability of each sampled token under
+exactly the distribution `generate` sampled from. `RowStops` ends each row at its own
+max_tokens or stop string. Both keep `generate`'s own warpers out of the way
+(temperature 1, top_k 0, top_p 1), so nothing reshapes the distribution after us.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from neuromas.plan import Plan
+
+from .base import BackendStats, FinishReason, GenRequest, GenResult
+
+BASE_ADAPTER = "__base__"  # peft's adapter_names entry for "no adapter"
+
+
+class TransformersBackend:
+    """A transformers causal LM (usually a PeftModel holding every slot) behind the Backend protocol.
+
+    `model` and `tokenizer` are public: trainers compute log-probs and gradients on the
+    same PeftModel that generates. `max_batch_rows` splits very large calls into
+    consecutive chunks (None: never) to bound memory; it is still one `generate` call
+    for the runtime and for `stats`.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, source: str | None = None, max_batch_rows: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.max_batch_rows = max_batch_rows
+        self.stats = BackendStats()
+
+    @classmethod
+    def for_plan(
+        cls,
+        plan: Plan,
+        *,
+        model: str | None = None,
+        dtype: str = "auto",
+        threads: int | None = None,
+        adapters_dir: Path | None = None,
+        max_batch_rows: int | None = None,
+    ) -> TransformersBackend:
+        """Load the plan's model (or `model`), attach one LoRA per adapter slot, and
+        load trained weights from `adapters_dir/<slot>/` when given. Raises UserError."""
+        from ..adapters import adapter_folders, attach_adapters
+        from ..models import load_model
+
+        loaded = load_model(model or plan.model, dtype=dtype, threads=threads)
+        peft_model = attach_adapters(loaded.model, plan, base_model=loaded.source)
+        backend = cls(peft_model, loaded.tokenizer, source=loaded.source, max_batch_rows=max_batch_rows)
+        if adapters_dir is not None:
+            backend.set_adapters(adapter_folders(adapters_dir, [slot.name for slot in plan.adapters]))
+        return backend
+
+    @property
+    def has_adapters(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def set_adapters(self, adapters: Mapping[str, Path]) -> None:
+        """Load saved peft folders into the slots of the same names."""
+        from ..adapters import load_adapters
+
+        load_adapters(self.model, adapters)
+
+    def generate(self, requests: Sequence[GenRequest], *, seed: int | None = None) -> list[GenResult]:
+        """Run all requests as one batch (see the module docstring); results in request order."""
+        if not requests:
+            return []
+        if not self.has_adapters and any(request.adapter is not None for request in requests):
+            raise ValueError("requests name adapters, but the model has no LoRA adapters attached")
+        if seed is not None:
+            torch.manual_seed(seed)
+        chunk = self.max_batch_rows or len(requests)
+        was_training = self.model.training
+        self.model.eval()  # peft mixes adapters in one batch only in eval mode
+        try:
+            results = []
+            for start in range(0, len(requests), chunk):
+                results.extend(self._generate_batch(requests[start : start + chunk]))
+        finally:
+            if was_training:
+                self.model.train()
+        self.stats.record(results)
+        return results
+
+    def _generate_batch(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        device = self.model.device
+        input_ids, attention_mask = left_pad([r.prompt_ids for r in requests], self.tokenizer.pad_token_id, device)
+        prompt_length = input_ids.shape[1]
+        settings = [r.generation for r in requests]
+        sampler = RowSampler([g.temperature for g in settings], [g.top_p for g in settings], device)
+        stops = RowStops(prompt_length, [g.max_tokens for g in settings], [g.stop for g in settings], self.tokenizer)
+        eos_ids = self._eos_ids()
+        config = GenerationConfig(
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max(g.max_tokens for g in settings),
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(eos_ids),
+        )
+        extra = {"adapter_names": [r.adapter or BASE_ADAPTER for r in requests]} if self.has_adapters else {}
+        with torch.inference_mode():
+            sequences = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([sampler]),
+                stopping_criteria=StoppingCriteriaList([stops]),
+                **extra,
+            )
+        completions = sequences[:, prompt_length:]
+        logprobs = sampler.sampled_logprobs(completions)  # (B, T)
+        return [
+            self._result(request, completions[row].tolist(), logprobs[row].tolist(), stops.ended_at[row], eos_ids)
+            for row, request in enumerate(requests)
+        ]
+
+    def _result(
+        self, request: GenRequest, tokens: list[int], logprobs: list[float], ended_at: int | None, eos_ids: set[int]
+    ) -> GenResult:
+        length = ended_at if ended_at is not None else len(tokens)
+        reason: FinishReason = "length"
+        if ended_at is not None and ended_at < request.generation.max_tokens:
+            reason = "stop"  # a stop string ended it
+        for position, token in enumerate(tokens[:length]):
+            if token in eos_ids:
+                length, reason = position + 1, "stop"
+                break
+        tokens = tokens[:length]
+        text = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), request.generation.stop)
+        return GenResult(tuple(request.prompt_ids), tuple(tokens), tuple(logprobs[:length]), text, reason)
+
+    def _eos_ids(self) -> set[int]:
+        configured = self.model.generation_config.eos_token_id
+        ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (input_ids (B, P), attention_mask (B, P)), padded on the left."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if row:
+            input_ids[index, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            attention_mask[index, width - len(row) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop string."""
+    positions = [text.find(s) for s in stop if s and s in text]
+    return text[: min(positions)] if positions else text
+
+
+class RowSampler(LogitsProcessor):
+    """Per-row temperature and top-p; remembers each sampled token's log-probability.
+
+    Called once per decoding step with scores (B, V). The token sampled from step k's
+    distribution is only known at step k+1 (it is the last column of `input_ids`), so
+    the step's log-softmax is kept until then; `sampled_logprobs` reads the final one.
+    Temperature 0 makes a row greedy: its distribution is a point mass (log-prob 0).
+    """
+
+    def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float], device: Any):
+        temperature = torch.tensor(temperatures, dtype=torch.float32, device=device)
+        self.is_greedy = temperature <= 0  # (B,)
+        self.temperature = torch.where(self.is_greedy, torch.ones_like(temperature), temperature)[:, None]  # (B, 1)
+        top_p = torch.tensor(top_ps, dtype=torch.float32, device=device)
+        self.top_p = torch.where(top_p < 1.0, top_p, torch.full_like(top_p, float("inf")))[:, None]  # (B, 1)
+        self.has_top_p = bool((top_p < 1.0).any())
+        self.previous: torch.Tensor | None = None  # (B, V) log-probs of the last step
+        self.steps: list[torch.Tensor] = []  # each (B,)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        scores = scores.float() / self.temperature
+        if self.is_greedy.any():
+            best = scores.argmax(dim=-1, keepdim=True)
+            point_mass = torch.full_like(scores, float("-inf")).scatter(1, best, 0.0)
+            scores = torch.where(self.is_greedy[:, None], point_mass, scores)
+        if self.has_top_p:
+            scores = nucleus(scores, self.top_p)
+        self.previous = torch.log_softmax(scores, dim=-1)
+        return self.previous
+
+    def sampled_logprobs(self, completions: torch.Tensor) -> torch.Tensor:
+        """(B, T) log-probs of the T sampled tokens `completions` (B, T)."""
+        steps = list(self.steps)
+        length = completions.shape[1]
+        if len(steps) < length and self.previous is not None:
+            steps.append(self.previous.gather(1, completions[:, -1:]).squeeze(1))
+        if not steps:
+            return torch.zeros(completions.shape, dtype=torch.float32)
+        return torch.stack(steps[:length], dim=1).cpu()
+
+
+def nucleus(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Keep, per row, the most likely tokens until their mass reaches top_p (B, 1); mask the rest."""
+    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    probs = sorted_scores.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+    drop_sorted = mass_before >= top_p  # the most likely token always stays (mass_before = 0)
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return scores.masked_fill(drop, float("-inf"))
+
+
+class RowStops(StoppingCriteria):
+    """Ends each row at its own max_tokens or stop string; `ended_at[row]` = tokens kept."""
+
+    def __init__(self, prompt_length: int, max_tokens: Sequence[int], stops: Sequence[Sequence[str]], tokenizer: Any):
+        self.prompt_length = prompt_length
+        self.max_tokens = torch.tensor(max_tokens, dtype=torch.long)
+        self.stops = [tuple(s for s in row if s) for row in stops]
+        # Tokens to decode to see a stop string appear: every token has at least one character.
+        self.window = [max((len(s) for s in row), default=0) + 1 for row in self.stops]
+        self.tokenizer = tokenizer
+        self.ended_at: list[int | None] = [None] * len(max_tokens)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self.prompt_length
+        done = (generated >= self.max_tokens).tolist()
+        for row, stops in enumerate(self.stops):
+            if stops and not done[row] and self.ended_at[row] is None:
+                tail = input_ids[row, max(self.prompt_length, input_ids.shape[1] - self.window[row]) :].tolist()
+                text = self.tokenizer.decode(tail, skip_special_tokens=True)
+                done[row] = any(s in text for s in stops)
+        for row, is_done in enumerate(done):
+            if is_done and self.ended_at[row] is None:
+                self.ended_at[row] = generated
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
