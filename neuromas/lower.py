@@ -57,7 +57,9 @@ def lower(spec: ast.SpecFile) -> tuple[ir.System, SpanIndex]:
     try:
         system = ir.System.model_validate(_as_tuples(data))
     except pydantic.ValidationError as err:
-        diagnostics += [_from_pydantic(error, lowering.spans) for error in err.errors()]
+        reported = {d.span for d in diagnostics}  # a value lowering rejected fails validation too: say it once
+        found = (_from_pydantic(error, lowering.spans) for error in err.errors())
+        diagnostics += [d for d in found if d.span not in reported]
     if diagnostics:
         raise CompileError(_sorted(diagnostics), spec.source)
     assert system is not None
@@ -341,9 +343,11 @@ class _Lowering:
             match op:
                 case ast.Resize(layer=layer, width=width):
                     data["ops"].append({"op": "resize", "layer": self.layer_name(layer), "width": self.value(width)})
+                    self.spans.add((*op_path, "layer"), layer.span)
                     self.spans.add((*op_path, "width"), width.span)
                 case ast.Widen(layer=layer, width=width, init=init):
                     item = {"op": "widen", "layer": self.layer_name(layer), "width": self.value(width)}
+                    self.spans.add((*op_path, "layer"), layer.span)
                     self.spans.add((*op_path, "width"), width.span)
                     if init is not None:
                         item["init"] = self.init(init, (*op_path, "init"))
@@ -351,11 +355,14 @@ class _Lowering:
                 case ast.Insert(name=name, width=width, after=after, init=init, settings=settings):
                     layer_decl = ast.LayerDecl(name, width, None, None, settings, op.span)
                     item = {"op": "insert", "layer": self.layer(layer_decl, (*op_path, "layer"), defaults), "after": self.layer_name(after)}
+                    self.spans.add((*op_path, "after"), after.span)
                     if init is not None:
                         item["init"] = self.init(init, (*op_path, "init"))
                     data["ops"].append(item)
                 case ast.EdgeRule(is_keep=is_keep, source=source, target=target):
                     data["ops"].append({"op": "keep" if is_keep else "drop", "source": self.layer_name(source), "target": self.layer_name(target)})
+                    self.spans.add((*op_path, "source"), source.span)
+                    self.spans.add((*op_path, "target"), target.span)
                 case ast.EdgeDecl():
                     ops = data["ops"]
                     edges = self.edges(op, lambda k: (*path, "ops", len(ops) + k, "edge"))
@@ -419,12 +426,17 @@ _PHRASES = {
 }
 
 
+# IR field names that read differently in a spec: `after 300 steps or plateau 3 evals`.
+_FIELD_WORDS = {"after_steps": "steps", "plateau_evals": "evals"}
+
+
 def _from_pydantic(error: Any, spans: SpanIndex) -> Diagnostic:
     loc = tuple(error["loc"])
     field_names = [part for part in loc if isinstance(part, str) and part not in ("generation",) and not part.startswith("_")]
-    field = field_names[-1] if field_names else "value"
+    field = _FIELD_WORDS.get(field_names[-1], field_names[-1]) if field_names else "value"
     template = _PHRASES.get(error["type"])
-    context = error.get("ctx") or {}
+    # bounds as a spec writes them: `at least 0`, not `at least 0.0`
+    context = {key: int(value) if isinstance(value, float) and value.is_integer() else value for key, value in (error.get("ctx") or {}).items()}
     phrase = template.format(**context) if template else error["msg"].lower()
     found = error.get("input")
     message = f"{field} {phrase}"

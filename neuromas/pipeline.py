@@ -94,13 +94,17 @@ def _compile_stages(
             name = grown.stage.name
             _raise_errors([Diagnostic(d.span, f"after growth stage '{name}': {d.message}", d.hint) for d in problems], source)
         stage_plan = emit_plan(run_passes(graph, BACK_PASSES, verify), templates, stage=grown.stage.name)
+        stage_origins, untrained = origins(grown, stage_plan, trained)
+        if untrained and trained is not None:
+            message = f"growth stage '{grown.stage.name}' copies {', '.join(untrained)}, which stage '{trained.stage}' removed (its text reaches no output): it has no trained adapter"
+            _raise_errors([Diagnostic(spans.find(("growth", index)), message, "copy a layer, or a node whose text reaches an output")], source)
         compiled.append(
             plan.GrowthStage(
                 name=grown.stage.name,
                 after_steps=grown.stage.after_steps,
                 plateau_evals=grown.stage.plateau_evals,
                 plan=stage_plan,
-                origins=origins(grown, stage_plan, trained),
+                origins=stage_origins,
             )
         )
         trained = stage_plan

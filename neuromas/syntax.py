@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast as python_ast
+import re
+import warnings
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -11,7 +13,7 @@ import lark
 from lark import Token, Transformer, v_args
 
 from neuromas import ast
-from neuromas.diagnostics import CompileError, Diagnostic, Span
+from neuromas.diagnostics import CompileError, Diagnostic, Span, did_you_mean
 
 # Words for the grammar's regex terminals; keywords and punctuation are shown quoted.
 TERMINAL_WORDS = {
@@ -43,46 +45,74 @@ class _Newlines:
     Drops newlines inside (...) and [...] (so lists and arguments may wrap), runs of
     newlines (blank and comment lines), and newlines right after '{' or at the start
     of the file. It never holds a token back: the contextual lexer lexes each token
-    in the parser state that the token before it left.
+    in the parser state that the token before it left. Its state lives on the
+    instance, so that a parse resumed after `_keyword_as_name` goes on where it was;
+    `reset` starts a file.
     """
 
     always_accept = ("_NL",)
 
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.depth = 0
+        self.previous = "LBRACE"  # as if the file opened a block: leading newlines are dropped
+
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        depth = 0
-        previous = "LBRACE"  # as if the file opened a block: leading newlines are dropped
         for token in stream:
             if token.type == "_NL":
-                if depth > 0 or previous in ("LBRACE", "_NL"):
+                if self.depth > 0 or self.previous in ("LBRACE", "_NL"):
                     continue
             elif token.type in ("LPAR", "LSQB"):
-                depth += 1
+                self.depth += 1
             elif token.type in ("RPAR", "RSQB"):
-                depth = max(0, depth - 1)
-            previous = token.type
+                self.depth = max(0, self.depth - 1)
+            self.previous = token.type
             yield token
 
 
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _keyword_as_name(err: lark.exceptions.UnexpectedInput) -> bool:
+    """Keywords are reserved only where they are expected: a keyword that the parser
+    cannot take where it can take a name is that name. (LALR states shared by several
+    rules let the lexer see one: after a value, `steps` may end `after 300 steps`, so
+    in `train { lr 1e-4  steps 100 }` it came as a keyword.) Returns True to go on."""
+    if not isinstance(err, lark.exceptions.UnexpectedToken):
+        return False
+    token = err.token
+    if token.type in ("NAME", "$END") or not _WORD.fullmatch(str(token)):
+        return False
+    parser = err.interactive_parser
+    if "NAME" not in parser.accepts():
+        return False
+    parser.feed_token(Token.new_borrow_pos("NAME", str(token), token))
+    return True
+
+
 @cache
-def _parser() -> tuple[lark.Lark, list[Token]]:
+def _parser() -> tuple[lark.Lark, list[Token], _Newlines]:
     comments: list[Token] = []
+    newlines = _Newlines()
     parser = lark.Lark(
         grammar_text(),
         parser="lalr",
         lexer="contextual",
-        postlex=_Newlines(),
+        postlex=newlines,
         propagate_positions=True,
         maybe_placeholders=True,
         lexer_callbacks={"COMMENT": comments.append},
     )
-    return parser, comments
+    return parser, comments, newlines
 
 
 def terminal_word(name: str) -> str:
     """How a terminal reads in an error message: 'a number', "'{'", "'layer'"."""
     if name in TERMINAL_WORDS:
         return TERMINAL_WORDS[name]
-    parser, _ = _parser()
+    parser = _parser()[0]
     terminal = parser.get_terminal(name)
     return f"'{terminal.pattern.value}'"
 
@@ -94,15 +124,43 @@ def parse_text(source: str, file: str = "<spec>") -> ast.SpecFile:
             Span.point(file, 1, 1), "empty spec", hint="a spec starts with 'system NAME {' and ends with '}'"
         )
         raise CompileError([diagnostic], source)
-    parser, comments = _parser()
+    parser, comments, newlines = _parser()
     comments.clear()
+    newlines.reset()
     try:
-        tree = parser.parse(source)
+        tree = parser.parse(source, on_error=_keyword_as_name)
     except lark.exceptions.UnexpectedInput as err:
         raise CompileError([_syntax_diagnostic(err, source, file)], source) from None
-    system = _ToAst(file).transform(tree)
+    try:
+        system = _ToAst(file).transform(tree)
+    except (lark.exceptions.VisitError, RecursionError) as err:
+        error = err.orig_exc if isinstance(err, lark.exceptions.VisitError) else err
+        if isinstance(error, CompileError):  # a bad string: see _string_value
+            raise CompileError(error.diagnostics, source) from None
+        if isinstance(error, RecursionError):
+            nested = Diagnostic(Span.point(file, 1, 1), "spec is nested too deeply", "lists and arguments nest a few levels at most")
+            raise CompileError([nested], source) from None
+        raise
     found = tuple(ast.Comment(c.value.rstrip(), c.line, c.column) for c in comments)
     return ast.SpecFile(system, found, file, source)
+
+
+def _string_value(token: Token, file: str) -> str:
+    """A STRING token's text, its escapes read as in Python; a bad escape is a syntax error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # '\\q' is an error on every Python, not a warning on some
+            text = python_ast.literal_eval(str(token))
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        problem = "a lone surrogate escape (\\ud800 to \\udfff) is not text"
+    except (SyntaxError, ValueError) as err:
+        reason = str(getattr(err, "msg", err))
+        problem = "a NUL character" if "null" in reason else reason.rpartition(": ")[2]
+    else:
+        return text
+    hint = 'escapes are \\" \\\\ \\n \\t \\xHH \\uHHHH \\N{NAME}; write other characters as they are'
+    raise CompileError([Diagnostic(_span(token, file), f"invalid string: {problem}", hint)])
 
 
 def decode_source(data: bytes, file: str) -> str:
@@ -112,28 +170,32 @@ def decode_source(data: bytes, file: str) -> str:
     except UnicodeDecodeError as err:
         before = data[: err.start]
         line = before.count(b"\n") + 1
-        column = err.start - (before.rfind(b"\n") + 1) + 1
+        column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8")) + 1  # in characters, as editors count
         message = f"spec is not valid UTF-8 text (byte 0x{data[err.start]:02x} at line {line}, column {column})"
         hint = "save the file as UTF-8"
-        raise CompileError([Diagnostic(Span.point(file, line, column), message, hint)], None) from None
+        shown = data.decode("utf-8", errors="replace")
+        raise CompileError([Diagnostic(Span.point(file, line, column), message, hint)], shown) from None
 
 
 def _syntax_diagnostic(err: lark.exceptions.UnexpectedInput, source: str, file: str) -> Diagnostic:
+    expected = _parser_expects(err)
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         char = source[err.pos_in_stream]
         span = Span.point(file, err.line, err.column)
-        found = "a line break" if char == "\n" else f"unexpected character '{char}'"
-        expected = err.allowed or set()
-        hint = 'strings use double quotes: "text"' if char == "'" else None
+        found = "a line break" if char == "\n" else f"unexpected character {char!r}"
+        hint = 'strings use double quotes: "text"' if char == "'" else _hint_for(expected, None, source, err.pos_in_stream, err.line)
     else:
         token = err.token
+        typo = _statement_typo(expected, token, source, file)
+        if typo is not None:
+            return typo
         found = _describe_token(token)
-        expected = _parser_expects(err)
         span = _token_span(token, source, file)
-        hint = _hint_for(expected, token)
+        offset = len(source) if token.type == "$END" or token.start_pos is None else token.start_pos
+        hint = _hint_for(expected, token, source, offset, span.line)
     words = _expected_words(expected)
     if not words:
-        return Diagnostic(span, found)
+        return Diagnostic(span, found, hint)
     if len(words) == 1:
         wanted = words[0]
     else:
@@ -150,7 +212,7 @@ def _parser_expects(err: lark.exceptions.UnexpectedInput) -> set[str]:
     try:
         keys = state.parse_conf.states[state.position].keys()
     except AttributeError:
-        return set(getattr(err, "expected", None) or ())
+        return set(getattr(err, "expected", None) or getattr(err, "allowed", None) or ())
     terminals = {terminal.name for terminal in _parser()[0].terminals} | {"$END"}
     return {key for key in keys if key in terminals}
 
@@ -195,16 +257,81 @@ def _token_span(token: Token, source: str, file: str) -> Span:
     return Span(file, token.line, token.column, token.end_line or token.line, token.end_column or token.column + 1)
 
 
-def _hint_for(expected: set[str], token: Token) -> str | None:
+def _hint_for(expected: set[str], token: Token | None, source: str, offset: int, line: int) -> str | None:
+    kind = token.type if token is not None else None
+    open_brackets = _open_brackets(source, offset)
     if expected == {"WIDTH"}:
         return "a layer needs a width, like 'layer hidden width 2'"
-    if "ARROW" in expected and token.type in ("NAME", "NUMBER", "STRING"):
+    if open_brackets:
+        bracket, opened = open_brackets[-1]
+        # a list or arguments still open on a later line, or closed by the wrong bracket
+        wrapped = bracket in "([" and _CLOSING[bracket] in expected and (opened < line or kind in _CLOSING.values())
+        if kind == "$END" or wrapped:
+            return f"the '{bracket}' at line {opened} is not closed"
+        if kind == "ARROW" and "ARROW" not in expected and len(open_brackets) > 1 and opened < line:
+            return f"an edge cannot go inside a settings block: is the '{{' at line {opened} missing its '}}'?"
+    if "ARROW" in expected and kind in ("NAME", "NUMBER", "STRING", None):
         return "an edge reads 'target <- source pattern', like 'answer <- hidden dense'"
-    if token.type == "$END" and "RBRACE" in expected:
-        return "a '{' is not closed"
-    if token.type == "RBRACE" and expected & {"NUMBER", "STRING", "NAME"}:
+    if kind == "RBRACE" and expected & {"NUMBER", "STRING", "NAME"}:
         return "a setting needs a value, like 'max_tokens 64'"
+    if kind == "RBRACE" and expected == {"$END"}:
+        return "this '}' closes nothing: the system's block ended before it"
+    if kind == "CHAIN":
+        return "'chain' links the repeats of a layer and follows 'repeat', like 'layer h width 2 repeat 3 chain dense'"
     return None
+
+
+_CLOSING = {"(": "RPAR", "[": "RSQB", "{": "RBRACE"}  # the terminal that closes each bracket
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _open_brackets(source: str, end: int) -> list[tuple[str, int]]:
+    """The brackets still open at offset `end` (outermost first), each with its line;
+    brackets inside strings and comments do not count."""
+    stack: list[tuple[str, int]] = []
+    line, i = 1, 0
+    while i < end:
+        char = source[i]
+        if char == "\n":
+            line += 1
+        elif char == "#":
+            i = source.find("\n", i)
+            if i < 0:
+                break
+            continue
+        elif char == '"':
+            i += 1
+            while i < end and source[i] not in '"\n':
+                i += 2 if source[i] == "\\" else 1
+            if i < end and source[i] == "\n":
+                continue
+        elif char in _CLOSERS:
+            stack.append((char, line))
+        elif stack and char == _CLOSERS[stack[-1][0]]:
+            stack.pop()
+        i += 1
+    return stack
+
+
+_STATEMENT_WORDS = ("model", "adapter", "share", "template", "defaults", "input", "layer", "output", "train", "growth")
+
+
+def _statement_typo(expected: set[str], token: Token, source: str, file: str) -> Diagnostic | None:
+    """`layr hidden width 2` parses as the start of an edge: name the misspelt keyword instead.
+    Only at the system's top level: inside growth stages layer names start statements too."""
+    if expected - {"ARROW", "DOT", "LSQB"} or "ARROW" not in expected or token.line is None or token.start_pos is None:
+        return None
+    if len(_open_brackets(source, token.start_pos)) != 1:
+        return None
+    text = source.splitlines()[token.line - 1]
+    words = text[: token.column - 1].split()
+    if len(words) != 1:
+        return None
+    hint = did_you_mean(words[0], _STATEMENT_WORDS)
+    if hint is None:
+        return None
+    column = text.index(words[0]) + 1
+    return Diagnostic(Span.point(file, token.line, column, len(words[0])), f"unknown statement '{words[0]}'", hint)
 
 
 def _span(meta_or_token, file: str) -> Span:
@@ -230,7 +357,7 @@ class _ToAst(Transformer):
         return ast.Number(str(children[0]), self._s(meta))
 
     def string(self, meta, children):
-        return ast.String(python_ast.literal_eval(str(children[0])), self._s(meta))
+        return ast.String(_string_value(children[0], self.file), self._s(meta))
 
     def name(self, meta, children):
         return self._name(children[0])
@@ -282,7 +409,7 @@ class _ToAst(Transformer):
 
     # system statements
     def model(self, meta, children):
-        return ast.ModelDecl(ast.String(python_ast.literal_eval(str(children[0])), _span(children[0], self.file)), self._s(meta))
+        return ast.ModelDecl(ast.String(_string_value(children[0], self.file), _span(children[0], self.file)), self._s(meta))
 
     def adapter(self, meta, children):
         return ast.AdapterDecl(children[0], self._s(meta))
@@ -312,7 +439,7 @@ class _ToAst(Transformer):
 
     def answer_format(self, meta, children):
         token = children[0]
-        return ast.String(python_ast.literal_eval(str(token)), _span(token, self.file))
+        return ast.String(_string_value(token, self.file), _span(token, self.file))
 
     def output(self, meta, children):
         ref, vote, answer_format = children
@@ -352,7 +479,7 @@ class _ToAst(Transformer):
         return ast.StageDecl(self._name(name), tuple(ops), after, self._s(meta))
 
     def growth(self, meta, children):
-        return ast.GrowthDecl(tuple(children), self._s(meta))
+        return ast.GrowthDecl(tuple(c for c in children if c is not None), self._s(meta))
 
     def system(self, meta, children):
         name, *statements = children

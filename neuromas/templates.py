@@ -31,10 +31,12 @@ def load_templates(
     spec's folder) is an error unless `allow_outside_paths`."""
     texts: dict[str, str] = {}
     found: list[Diagnostic] = []
+    tried: set[str] = set()  # a path many layers share is read, and reported, once
     root = base_dir.resolve()
     for path, template in _template_uses(system):
-        if template.kind != "jinja" or template.path is None or template.path in texts:
+        if template.kind != "jinja" or template.path is None or template.path in tried:
             continue
+        tried.add(template.path)
         file = (root / template.path).resolve()
         if not allow_outside_paths and not file.is_relative_to(root):
             found.append(Diagnostic(spans.find(path), f"template '{template.path}' is outside the spec's folder", "move it next to the spec, or allow outside paths (--allow-outside-paths)"))

@@ -21,6 +21,7 @@ class _SystemCheck:
         self.found: list[Diagnostic] = []
         self.instances = {name: layer for layer in system.layers for name in ir.layer_names(layer)}
         self.repeated = {layer.name: layer for layer in system.layers if layer.repeat is not None}
+        self.duplicates: set[str] = set()
 
     def error(self, path: tuple, message: str, hint: str | None = None) -> None:
         self.found.append(Diagnostic(self.spans.find(path), message, hint))
@@ -57,11 +58,13 @@ class _SystemCheck:
     def _unique(self, name: str, path: tuple, kind: str, first: dict[str, str]) -> None:
         if name in first:
             self.error(path, f"duplicate name '{name}': already used by {first[name]}", "every input and layer needs its own name")
+            self.duplicates.add(name)
         else:
             first[name] = f"the {kind} at line {self.spans.find(path).line}"
 
-    def resolve(self, path: tuple, endpoint: ir.Endpoint) -> ir.Layer | None:
-        """The layer an endpoint names, or None after reporting why it names none."""
+    def resolve(self, path: tuple, endpoint: ir.Endpoint, inputs_too: bool = True) -> ir.Layer | None:
+        """The layer an endpoint names, or None after reporting why it names none.
+        `inputs_too`: an input would do here, so name and suggest inputs too."""
         if endpoint.kind == "input":
             return None
         name = endpoint.name
@@ -76,8 +79,9 @@ class _SystemCheck:
             elif repeat and base in self.instances:
                 self.error(path, f"layer '{base}' is not repeated", f"write '{base}'")
             else:
-                known = [*self.system.inputs, *self.instances, *self.repeated]
-                self.error(path, f"unknown layer or input '{name}'", did_you_mean(name, known))
+                known = [*(self.system.inputs if inputs_too else ()), *self.instances, *self.repeated]
+                what = "layer or input" if inputs_too else "layer"
+                self.error(path, f"unknown {what} '{name}'", did_you_mean(name, known))
             return None
         if endpoint.index is not None and endpoint.index >= layer.width:
             self.error(path, f"node {endpoint.index} is out of range: layer '{name}' has width {layer.width}", f"nodes are numbered 0 to {layer.width - 1}")
@@ -133,7 +137,7 @@ class _SystemCheck:
             if output.layer in self.system.inputs:
                 self.error(path, f"'{output.layer}' is an input; an output names a layer")
                 continue
-            layer = self.resolve(path, ir.Endpoint(kind="layer", name=output.layer))
+            layer = self.resolve(path, ir.Endpoint(kind="layer", name=output.layer), inputs_too=False)
             if layer is not None and layer.width > 1 and not output.vote:
                 self.error(path, f"output '{output.layer}' has width {layer.width}: one answer needs one node", f"add an answer layer of width 1, or vote: 'output {output.layer} vote'")
 
@@ -142,7 +146,7 @@ class _SystemCheck:
         outputs = {output.layer for output in self.system.outputs}
         for i, layer in enumerate(self.system.layers):
             for k, name in enumerate(ir.layer_names(layer)):
-                if name in fed or (k > 0 and layer.chain is not None):
+                if name in fed or (k > 0 and layer.chain is not None) or name in self.duplicates:
                     continue
                 if name in outputs:
                     self.error(("layers", i), f"output '{name}' is fed by nothing", f"add an edge, like '{name} <- {self._example_source(layer)}'")
@@ -171,9 +175,10 @@ def check_graph(graph: ir.Graph, spans: SpanIndex, system: ir.System) -> list[Di
     by_layer: dict[str, list[str]] = {}
     for node in graph.nodes:
         by_layer.setdefault(node.layer, []).append(node.id)
+    reader = system.outputs[0].layer if system.outputs else "answer"
     for layer, ids in by_layer.items():
         if not reaching.intersection(ids):
-            found.append(Diagnostic(spans.find(layer_paths[layer]), f"the text of layer '{layer}' reaches no output", f"read it from a later layer (like 'answer <- {layer} dense') or remove it"))
+            found.append(Diagnostic(spans.find(layer_paths[layer]), f"the text of layer '{layer}' reaches no output", f"read it from a later layer (like '{reader} <- {layer} dense') or remove it"))
     return found
 
 

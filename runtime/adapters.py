@@ -8,6 +8,7 @@ Each slot is saved in peft's standard layout, `<root>/<slot>/adapter_config.json
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,16 @@ def attach_adapters(model: Any, plan: Plan, base_model: str | None = None) -> An
     if not slots:
         return model
     _check_targets(model, plan.adapter)
-    if not isinstance(model, PeftModel):
-        model = get_peft_model(model, lora_config(plan.adapter, base_model), adapter_name=slots[0])
-    for name in slots:
-        if name not in model.peft_config:
-            model.add_adapter(name, lora_config(plan.adapter, base_model))
-    return model
+    was_training = model.training  # peft leaves new adapters in training mode
+    with warnings.catch_warnings():
+        # peft asks transformers about gradient checkpointing through a name deprecated in v5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if not isinstance(model, PeftModel):
+            model = get_peft_model(model, lora_config(plan.adapter, base_model), adapter_name=slots[0])
+        for name in slots:
+            if name not in model.peft_config:
+                model.add_adapter(name, lora_config(plan.adapter, base_model))
+    return model.train(was_training)
 
 
 def save_adapters(model: Any, root: Path, slots: Iterable[str] | None = None) -> dict[str, Path]:

@@ -88,10 +88,12 @@ def load_model(reference: str = DEFAULT_MODEL, *, dtype: str = "auto", threads: 
     default). Raises UserError for an unknown model or dtype, or a hub id that cannot load.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     set_threads(threads)
     torch_dtype = resolve_dtype(dtype)
     source = resolve_model(reference)
+    transformers_logging.disable_progress_bar()  # a 3 s load needs no bar on stderr
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)

@@ -161,7 +161,14 @@ class PromptRenderer:
     def user_message(self, node: Node, sources: Sequence[SourceText]) -> str:
         variables = self.variables(node, sources)
         if node.template.kind == "jinja":
-            return self._jinja_template(node.template.source or "").render(**variables)
+            from jinja2 import TemplateError
+
+            try:
+                return self._jinja_template(node.template.source or "").render(**variables)
+            except TemplateError as err:  # syntax errors, undefined names, sandbox refusals
+                line = f", line {err.lineno}" if getattr(err, "lineno", None) else ""
+                where = node.template.path or "jinja template"
+                raise UserError(f"template '{where}'{line} (node {node.id}): {err}") from None
         return builtin_user_message(variables)
 
     def _encode(self, node: Node, sources: Sequence[SourceText]) -> tuple[tuple[int, ...], str]:

@@ -21,6 +21,7 @@ from neuromas.runtime.answers import extract_answer, extract_choice, normalize_t
 logger = logging.getLogger(__name__)
 
 RewardFn = Callable[[str, str], float]  # (completion text, reference answer) -> reward
+Scored = TypeVar("Scored")
 Target = TypeVar("Target")
 
 MAX_LOGGED_FAILURES = 3  # per batch: enough to see what went wrong without flooding the log
@@ -100,13 +101,14 @@ class RewardScores(NamedTuple):
 
 
 def safe_rewards(
-    score: Callable[[str, Target], object],
-    completions: Sequence[str],
+    score: Callable[[Scored, Target], object],
+    completions: Sequence[Scored],
     targets: Sequence[Target],
     name: str = "reward",
 ) -> RewardScores:
-    """Score every completion; a call that raises or gives a non-finite or non-number
-    result scores 0.0 and is counted, never raised."""
+    """Score every completion (a text, or whatever `score` reads) against its target; a
+    call that raises or gives a non-finite or non-number result scores 0.0 and is
+    counted, never raised."""
     rewards: list[float] = []
     errors: list[str] = []
     for index, (completion, target) in enumerate(zip(completions, targets, strict=True)):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from neuromas import read_spec
+from neuromas.diagnostics import UserError
 from neuromas.format import format_spec
 from neuromas.syntax import parse_text
 
@@ -41,12 +43,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write to a temporary file beside the spec, then rename it over the spec."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temporary file beside the spec (with the spec's permissions), then
+    rename it over the spec: a failed write leaves the spec as it was."""
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise UserError(f"cannot write '{path}': {err.strerror or err}") from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
             file.write(text)
+        shutil.copymode(path, temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as err:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise UserError(f"cannot write '{path}': {err.strerror or err}") from None
         raise

@@ -33,6 +33,6 @@ def order_prompts(graph: ir.Graph) -> ir.Graph:
         first_seen = {slot: i for i, slot in reversed(list(enumerate(node.adapter for node in members)))}
         ordered = sorted(members, key=lambda node: first_seen[node.adapter])
         calls.append(call.model_copy(update={"nodes": tuple(node.id for node in ordered), "shared_prefix": prefix}))
-    order = {name: i for i, call in enumerate(calls) for name in call.nodes}
+    order = {name: (i, j) for i, call in enumerate(calls) for j, name in enumerate(call.nodes)}  # call, then request order
     new_nodes = sorted((updated[node.id] for node in graph.nodes), key=lambda node: (node.level, order[node.id]))
     return graph.model_copy(update={"nodes": tuple(new_nodes), "calls": tuple(calls)})

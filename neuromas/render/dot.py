@@ -17,12 +17,11 @@ def to_graph(plan: Plan) -> graphviz.Digraph:
         "rankdir": "TB", "label": f"{title}: {len(plan.calls)} calls per rollout", "labelloc": "t",
         "fontname": "Helvetica", "newrank": "true", "nodesep": "0.3", "ranksep": "0.6",
     }, node_attr={"fontname": "Helvetica", "fontsize": "11"}, edge_attr={"color": "#555555", "arrowsize": "0.6"})
-    colours = {}
-    for level in plan.levels:
-        for i, call in enumerate(level.calls):
-            colour = PALETTE[len(colours) % len(PALETTE)]
-            for name in call.nodes:
-                colours[name] = (colour, f"call {level.index}.{i}")
+    calls = [(level.index, i, call) for level in plan.levels for i, call in enumerate(level.calls)]
+    colours = {}  # node id -> (its call's colour, the call's label); one colour per call
+    for number, (level, i, call) in enumerate(calls):
+        for name in call.nodes:
+            colours[name] = (PALETTE[number % len(PALETTE)], f"call {level}.{i}")
     with graph.subgraph(name="cluster_inputs", graph_attr={"label": "inputs", "style": "dashed", "color": "#999999"}) as inputs:
         for name in plan.inputs:
             inputs.node(f"input/{name}", name, shape="box", style="rounded")

@@ -1,8 +1,10 @@
 """Batched GenRequests -> GenResults with transformers `generate`: one base model, a LoRA per row.
 
-Rows are left-padded into one batch. peft's mixed-adapter batching (`adapter_names=`,
-eval mode only) applies each row's own LoRA over the shared base weights; rows without
-an adapter run the base model (peft's name for it is "__base__").
+Rows are left-padded into one batch, and each row runs its own LoRA over the shared
+base weights; rows without an adapter run the base model (peft's "__base__"). By default
+the per-row adapters are computed by `lora_rows.stacked_lora_rows` (two matmuls per
+layer for all adapters); `lora_rows="peft"` uses peft's own mixed-adapter batches
+(`adapter_names=`, eval mode only), which give the same logits with more small ops.
 
 Sampling is done by `RowSampler`, the last logits processor: it applies each row's
 temperature and top-p, and records the log-probability of each sampled token under
@@ -14,8 +16,9 @@ max_tokens or stop string. Both keep `generate`'s own warpers out of the way
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -23,8 +26,9 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 from neuromas.plan import Plan
 
 from .base import BackendStats, FinishReason, GenRequest, GenResult
+from .lora_rows import BASE_ADAPTER, stacked_lora_rows, supports_stacking
 
-BASE_ADAPTER = "__base__"  # peft's adapter_names entry for "no adapter"
+LoraRows = Literal["stacked", "peft"]
 
 
 class TransformersBackend:
@@ -33,14 +37,25 @@ class TransformersBackend:
     `model` and `tokenizer` are public: trainers compute log-probs and gradients on the
     same PeftModel that generates. `max_batch_rows` splits very large calls into
     consecutive chunks (None: never) to bound memory; it is still one `generate` call
-    for the runtime and for `stats`.
+    for the runtime and for `stats`. `lora_rows` picks how rows get their adapters
+    (see the module docstring); "stacked" falls back to "peft" for LoRA variants it
+    does not compute.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, source: str | None = None, max_batch_rows: int | None = None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        source: str | None = None,
+        max_batch_rows: int | None = None,
+        lora_rows: LoraRows = "stacked",
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
         self.max_batch_rows = max_batch_rows
+        self.lora_rows = lora_rows
         self.stats = BackendStats()
 
     @classmethod
@@ -53,6 +68,7 @@ class TransformersBackend:
         threads: int | None = None,
         adapters_dir: Path | None = None,
         max_batch_rows: int | None = None,
+        lora_rows: LoraRows = "stacked",
     ) -> TransformersBackend:
         """Load the plan's model (or `model`), attach one LoRA per adapter slot, and
         load trained weights from `adapters_dir/<slot>/` when given. Raises UserError."""
@@ -61,7 +77,9 @@ class TransformersBackend:
 
         loaded = load_model(model or plan.model, dtype=dtype, threads=threads)
         peft_model = attach_adapters(loaded.model, plan, base_model=loaded.source)
-        backend = cls(peft_model, loaded.tokenizer, source=loaded.source, max_batch_rows=max_batch_rows)
+        backend = cls(
+            peft_model, loaded.tokenizer, source=loaded.source, max_batch_rows=max_batch_rows, lora_rows=lora_rows
+        )
         if adapters_dir is not None:
             backend.set_adapters(adapter_folders(adapters_dir, [slot.name for slot in plan.adapters]))
         return backend
@@ -114,8 +132,8 @@ class TransformersBackend:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(eos_ids),
         )
-        extra = {"adapter_names": [r.adapter or BASE_ADAPTER for r in requests]} if self.has_adapters else {}
-        with torch.inference_mode():
+        context, extra = self.adapter_rows([r.adapter for r in requests])
+        with torch.inference_mode(), context:
             sequences = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -130,6 +148,19 @@ class TransformersBackend:
             self._result(request, completions[row].tolist(), logprobs[row].tolist(), stops.ended_at[row], eos_ids)
             for row, request in enumerate(requests)
         ]
+
+    def adapter_rows(self, adapters: Sequence[str | None]) -> tuple[Any, dict[str, Any]]:
+        """(context manager, forward kwargs) that give row i adapter `adapters[i]` (None:
+        the base model) in every forward pass inside the context."""
+        if not self.has_adapters:
+            return nullcontext(), {}
+        names = [name or BASE_ADAPTER for name in adapters]
+        unknown = set(names) - {BASE_ADAPTER} - set(self.model.peft_config)
+        if unknown:
+            raise ValueError(f"no adapter named {', '.join(sorted(unknown))} (slots: {', '.join(self.model.peft_config)})")
+        if self.lora_rows == "stacked" and supports_stacking(self.model, set(names) - {BASE_ADAPTER}):
+            return stacked_lora_rows(self.model, names), {}
+        return nullcontext(), {"adapter_names": names}
 
     def _result(
         self, request: GenRequest, tokens: list[int], logprobs: list[float], ended_at: int | None, eos_ids: set[int]

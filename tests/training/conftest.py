@@ -83,6 +83,12 @@ def neuromas3_plan(
 
 
 @pytest.fixture(scope="session")
+def make_plan():
+    """The NeuroMAS-3 plan builder (keyword arguments as `neuromas3_plan`)."""
+    return neuromas3_plan
+
+
+@pytest.fixture(scope="session")
 def base_model():
     """The bundled SmolLM2-135M (bf16 where the CPU supports it), loaded once per session."""
     from neuromas.runtime.models import load_model

@@ -1,0 +1,141 @@
+"""`neuromas train SPEC --task ... --steps N --out DIR`: train every node's adapter on a task's terminal reward.
+
+Writes DIR/metrics.jsonl (one row per step), DIR/plan.json and DIR/checkpoints/step-*/
+(adapters in peft's format, optimizer and RNG states); `--resume` continues the newest
+checkpoint exactly. torch loads only inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import msgspec
+
+from neuromas.commands.run import add_runtime_options, build_runtime, load_plan
+from neuromas.diagnostics import UserError
+
+EXAMPLES = """examples:
+  neuromas train specs/neuromas3.nmas --task reasoning_gym:basic_arithmetic --steps 50 --out runs/n3
+  neuromas train specs/neuromas3.nmas --task jsonl:data/train.jsonl --steps 200 --out runs/n3 --group 8 --batch 4
+  neuromas train specs/neuromas3.nmas --task jsonl:data/train.jsonl --steps 400 --out runs/n3 --resume
+  neuromas train specs/neuromas3.nmas --task reasoning_gym:basic_arithmetic --task-option min_terms=2 \\
+      --task-option max_terms=2 --task-option max_digits=1 --max-tokens 32 --steps 30 --out runs/easy
+
+tasks:
+  jsonl:PATH            one JSON object per line: {"question": "...", "answer": "..."}
+                        (fields: --question-field, --answer-field); reward: the spec's `reward`
+  reasoning_gym:NAME    a reasoning_gym generator (settings: --task-option KEY=VALUE);
+                        reward: its own score_answer, unless --reward names one
+
+exit status: 0 ok, 2 bad spec or usage, 1 runtime failure (model, data, reward code)"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a system's adapters with RL on a task",
+        description="Train every node's LoRA adapter jointly from one terminal reward (REINFORCE, GRPO or RLOO).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("spec", metavar="SPEC")
+    parser.add_argument("--task", required=True, metavar="KIND:ARG", help="jsonl:PATH or reasoning_gym:NAME")
+    parser.add_argument("--steps", type=int, metavar="N", help="optimiser steps in all (default: the spec's)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="run folder: metrics, plan, checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--batch", type=int, metavar="B", help="inputs per step (default: the spec's)")
+    parser.add_argument("--reward", metavar="NAME", help="reward overriding the spec's (and a task's own scorer)")
+    parser.add_argument("--allow-code", action="store_true", help="allow a 'package.module:function' reward to run")
+    parser.add_argument("--question-field", default="question", metavar="NAME", help="jsonl: the question field")
+    parser.add_argument("--answer-field", default="answer", metavar="NAME", help="jsonl: the answer field")
+    parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a generator setting (reasoning_gym), e.g. max_digits=1; repeatable")
+    parser.add_argument("--answer-format", choices=("text", "number", "choice"),
+                        help="how the final answer is extracted (default: the spec's output format)")
+    parser.add_argument("--token-budget", type=int, default=4096, metavar="N",
+                        help="padded tokens per training micro-batch (default: 4096)")
+    parser.add_argument("--save-every", type=int, default=10, metavar="N", help="checkpoint every N steps (default: 10)")
+    parser.add_argument("--keep", type=int, default=2, metavar="N", help="checkpoints kept (default: 2; 0 keeps all)")
+    parser.add_argument("--log-kl", action="store_true", help="measure the KL to the base model even when kl is 0")
+    add_runtime_options(parser)
+    parser.set_defaults(handler=run, group=None)  # --group defaults to the spec's
+
+
+def run(args: argparse.Namespace) -> int:
+    from neuromas.runtime.tasks import TaskOptions, load_task, parse_task_options
+    from neuromas.runtime.train import TrainSettings, start_session, train
+
+    plan = training_plan(args)
+    assert plan.train is not None
+    task = load_task(
+        args.task,
+        TaskOptions(
+            input_names=plan.inputs,
+            seed=args.seed,
+            question_field=args.question_field,
+            answer_field=args.answer_field,
+            options=parse_task_options(args.task_option),
+        ),
+    )
+    _seed_everything(args.seed)  # adapters are initialised when the model loads
+    runtime = build_runtime(plan, args)
+    settings = TrainSettings(
+        steps=plan.train.steps,
+        seed=args.seed,
+        token_budget=args.token_budget,
+        save_every=args.save_every,
+        keep_checkpoints=args.keep,
+        log_kl=args.log_kl,
+    )
+    session = start_session(
+        plan, runtime, task, settings, Path(args.out), reward=args.reward, allow_code=args.allow_code, resume=args.resume
+    )
+    from tqdm import tqdm
+
+    with tqdm(total=settings.steps, initial=session.state.step, unit="step", file=sys.stderr, desc="train") as bar:
+
+        def show(metrics: dict) -> None:
+            loss = metrics["loss"]
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss="-" if loss is None else f"{loss:.4f}")
+            bar.update(1)
+
+        train(session, on_step=show)
+    print(f"trained {session.state.step} steps; metrics and checkpoints in {args.out}", file=sys.stderr)
+    return 0
+
+
+def training_plan(args: argparse.Namespace):
+    """The spec's plan with --steps, --group, --batch and --answer-format applied; raises
+    UserError (exit 2) for a spec without a train block or a bad number."""
+    if args.group is None:
+        args.group = 1  # load_plan checks it; the real default is the spec's
+        group = None
+    else:
+        group = args.group
+    plan = load_plan(args)
+    if plan.train is None:
+        raise UserError(f"'{args.spec}' has no train block: add `train {{ algorithm grpo ... }}` to train it", exit_code=2)
+    overrides = {"steps": args.steps, "group": group, "batch": args.batch}
+    for name, value in overrides.items():
+        if value is not None and value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}", exit_code=2)
+    changed = {name: value for name, value in overrides.items() if value is not None}
+    train = msgspec.structs.replace(plan.train, **changed)
+    if train.algorithm == "rloo" and train.group < 2:
+        raise UserError("rloo needs a group of at least 2 samples per input (--group)", exit_code=2)
+    plan = msgspec.structs.replace(plan, train=train)
+    if args.answer_format is not None:
+        outputs = tuple(msgspec.structs.replace(output, answer_format=args.answer_format) for output in plan.outputs)
+        plan = msgspec.structs.replace(plan, outputs=outputs)
+    return plan
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)

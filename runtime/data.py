@@ -1,0 +1,77 @@
+"""A JSONL data file -> input records for a plan, with errors that name the file and line.
+
+Each non-blank line is a JSON object whose fields include the plan's input names. A
+plan with one input also accepts the field `question`, `prompt` or `input` for it.
+Other fields (an answer, an id) are kept in `DataRecord.fields` for rewards and traces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from neuromas.diagnostics import UserError
+
+SINGLE_INPUT_ALIASES = ("question", "prompt", "input")
+
+
+class DataRecord(NamedTuple):
+    """One line of a data file: its 1-based line number, the plan's inputs, every field."""
+
+    line: int
+    inputs: dict[str, str]
+    fields: dict[str, Any]
+
+
+def read_records(path: str | Path, input_names: Sequence[str]) -> list[DataRecord]:
+    """Read every record of `path`; raises UserError for an unreadable file, a bad line
+    (invalid JSON, not an object, a missing or non-text input field) or no records."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise UserError(f"cannot read data file '{path}': {reason}") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            records.append(parse_line(line, input_names, f"{path}:{number}", number))
+    if not records:
+        raise UserError(f"data file '{path}' has no records (expected one JSON object per line)")
+    return records
+
+
+def parse_line(line: str, input_names: Sequence[str], where: str, number: int = 0) -> DataRecord:
+    """One JSONL line -> a DataRecord; `where` ("file:line") prefixes every error."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not valid JSON: {err.msg} (column {err.colno})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a JSON object like {_example(input_names)}, got {type(value).__name__}")
+    return DataRecord(number, input_values(value, input_names, where), value)
+
+
+def input_values(record: dict[str, Any], input_names: Sequence[str], where: str) -> dict[str, str]:
+    """The plan's inputs from one record (aliases for a single input); raises UserError."""
+    values = {}
+    for name in input_names:
+        key = name
+        if name not in record and len(input_names) == 1:
+            key = next((alias for alias in SINGLE_INPUT_ALIASES if alias in record), name)
+        if key not in record:
+            aliases = [alias for alias in SINGLE_INPUT_ALIASES if alias != name]
+            accepted = [name, *aliases] if len(input_names) == 1 else [name]
+            fields = ", ".join(record) or "none"
+            raise UserError(f"{where}: no field {' or '.join(repr(a) for a in accepted)} (fields: {fields})")
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise UserError(f"{where}: field '{key}' must be text, got {type(value).__name__}")
+        values[name] = str(value)
+    return values
+
+
+def _example(input_names: Sequence[str]) -> str:
+    return json.dumps({name: "..." for name in input_names})

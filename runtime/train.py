@@ -1,0 +1,339 @@
+"""A plan, a backend and a task -> trained adapters: rollout -> reward -> advantages -> loss -> step -> log.
+
+One step: sample `group` runs of the whole system on `batch` inputs; score each run's
+final answer; turn the rewards into one advantage per run; give that advantage to every
+token every node wrote in that run; update every node's adapter in one optimiser step;
+write one metrics row. Checkpoints make `resume` continue exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from neuromas.diagnostics import UserError
+from neuromas.plan import Plan, Train
+from neuromas.runtime.checkpoint import (
+    TrainState,
+    list_checkpoints,
+    load_checkpoint,
+    plan_fingerprint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from neuromas.runtime.loss import compute_advantages
+from neuromas.runtime.rewards import load_reward, safe_rewards
+from neuromas.runtime.rollout import Answer, Rollout, Runtime
+from neuromas.runtime.tasks import Example, Task
+from neuromas.runtime.update import (
+    DEFAULT_TOKEN_BUDGET,
+    CompletionRow,
+    UpdateConfig,
+    UpdateStats,
+    make_optimizer,
+    micro_batches,
+    prepare_for_update,
+    score_batches,
+    update_step,
+)
+
+METRICS_FILE = "metrics.jsonl"
+PLAN_FILE = "plan.json"
+CORRECT = 1.0  # a sample whose reward reaches this counts toward accuracy
+
+AnswerScorer = Callable[[Answer, Example], float]  # (a run's answer, its example) -> reward
+
+
+class TrainSettings(NamedTuple):
+    """Run settings that are not part of the plan."""
+
+    steps: int
+    seed: int = 0
+    token_budget: int = DEFAULT_TOKEN_BUDGET  # padded tokens per micro-batch
+    save_every: int = 10  # checkpoint every N steps (and always after the last)
+    keep_checkpoints: int = 2  # newest checkpoints kept (< 1: all)
+    log_kl: bool = False  # measure the KL to the base even when the plan's kl is 0 (one more pass)
+
+
+@dataclass
+class TrainSession:
+    """Everything one run holds: built once by `start_session`, then stepped by `train`."""
+
+    plan: Plan
+    runtime: Runtime
+    model: Any  # the PeftModel being trained
+    task: Task
+    score: AnswerScorer
+    settings: TrainSettings
+    out: Path
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    state: TrainState
+
+    @property
+    def config(self) -> Train:
+        assert self.plan.train is not None
+        return self.plan.train
+
+
+def start_session(
+    plan: Plan,
+    runtime: Runtime,
+    task: Task,
+    settings: TrainSettings,
+    out: Path,
+    *,
+    reward: str | None = None,
+    allow_code: bool = False,
+    resume: bool = False,
+) -> TrainSession:
+    """Prepare a run in `out`: the optimiser, the scorer, and (with `resume`) the newest
+    checkpoint's state. Raises UserError for a plan without training settings or adapters,
+    an `out` that holds another run, or a checkpoint of another plan.
+
+    reward: a reward name overriding the plan's; by default a task with its own scorer
+    (reasoning_gym) uses it, any other task the plan's `reward`.
+    """
+    if plan.train is None:
+        raise UserError("the spec has no train block: add `train { algorithm grpo ... }` to train it")
+    if not plan.adapters:
+        raise UserError("every node of this system is frozen: there is no adapter to train")
+    model = runtime.backend.model
+    slots = [slot.name for slot in plan.adapters]
+    out = Path(out)
+    checkpoints = list_checkpoints(out)
+    if not resume and (checkpoints or (out / METRICS_FILE).exists()):
+        raise UserError(f"'{out}' already holds a run: pass --resume to continue it, or choose another --out")
+    params = prepare_for_update(model)
+    optimizer = make_optimizer(params, plan.train.lr)
+    fingerprint = plan_fingerprint(plan)
+    state = TrainState(step=0, data_position=0, seed=settings.seed, plan_fingerprint=fingerprint)
+    if resume and checkpoints:
+        state = load_checkpoint(checkpoints[-1], model, slots, optimizer)
+        if state.plan_fingerprint != fingerprint:
+            raise UserError(
+                f"'{checkpoints[-1]}' was trained from another plan ({state.plan_fingerprint}, now {fingerprint}): "
+                "resume with the same spec and settings, or choose another --out"
+            )
+        if state.seed != settings.seed:
+            raise UserError(f"'{checkpoints[-1]}' was trained with --seed {state.seed}, not {settings.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    _keep_metrics_until(out / METRICS_FILE, state.step)
+    (out / PLAN_FILE).write_text(plan.to_pretty_json())
+    return TrainSession(
+        plan=plan,
+        runtime=runtime,
+        model=model,
+        task=task,
+        score=make_scorer(plan.train, task, reward, allow_code),
+        settings=settings,
+        out=out,
+        optimizer=optimizer,
+        params=params,
+        state=state,
+    )
+
+
+def train(session: TrainSession, on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run steps until `settings.steps` updates are done; returns this call's metrics rows."""
+    rows = []
+    while session.state.step < session.settings.steps:
+        metrics = train_step(session)
+        rows.append(metrics)
+        if on_step is not None:
+            on_step(metrics)
+    return rows
+
+
+def train_step(session: TrainSession) -> dict[str, Any]:
+    """One step: rollout -> reward -> advantages -> loss and update -> adapter sync -> log."""
+    config, settings, state = session.config, session.settings, session.state
+    step_started = time.perf_counter()
+
+    # 1. Rollout: `group` independent runs of the whole system on each input.
+    examples = session.task.batch(state.data_position, config.batch)
+    rollout = session.runtime.rollout(
+        [example.inputs for example in examples], group=config.group, seed=rollout_seed(state.seed, state.step)
+    )
+    rollout_s = time.perf_counter() - step_started
+
+    # 2. Reward: the final answer of each run, input-major: run j of input i is i * group + j.
+    answers = [rollout.answer(i, j) for i in range(len(examples)) for j in range(config.group)]
+    targets = [example for example in examples for _ in range(config.group)]
+    scores = safe_rewards(session.score, answers, targets, name="reward")
+    rewards = torch.tensor(scores.rewards, dtype=torch.float32)  # (B,)
+
+    # 3. Advantages: one per run; every token of every node of the run receives it.
+    advantages = compute_advantages(config.algorithm, rewards, config.group)  # (B,)
+    rows = completion_rows(rollout, session.plan)
+    row_advantages = advantages[[row.sample for row in rows]]  # (R,)
+
+    # 4. Loss and step. Old log-probs are the training model's own, taken before the
+    # update, so the importance ratio starts at exactly 1 (the sampler's log-probs come
+    # from another numeric path, and from another engine with vLLM).
+    update_started = time.perf_counter()
+    batches = micro_batches(rows, settings.token_budget)
+    stats = None
+    if batches:
+        old_logprobs = score_batches(session.model, batches)
+        needs_reference = config.kl != 0.0 or settings.log_kl
+        ref_logprobs = score_batches(session.model, batches, use_adapters=False) if needs_reference else None
+        update = UpdateConfig(clip=config.clip, kl_coef=config.kl, loss_norm=config.loss_norm, grad_clip=config.grad_clip)
+        epochs = [
+            update_step(session.model, session.optimizer, session.params, batches, old_logprobs, ref_logprobs,
+                        row_advantages, update)
+            for _ in range(config.epochs)
+        ]
+        stats = _mean_stats(epochs)
+    update_s = time.perf_counter() - update_started
+
+    # 5. Adapter sync: the generating engine must sample from the updated adapters.
+    sync_started = time.perf_counter()
+    sync_adapters(session)
+    sync_s = time.perf_counter() - sync_started
+
+    # 6. Log, then checkpoint.
+    session.state = state._replace(step=state.step + 1, data_position=state.data_position + len(examples))
+    metrics = metrics_row(session, rollout, rewards, scores.failures, stats, rollout_s, update_s, sync_s)
+    metrics["step_s"] = round(time.perf_counter() - step_started, 4)
+    with (session.out / METRICS_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(metrics) + "\n")
+    is_last = session.state.step >= settings.steps
+    if is_last or session.state.step % max(settings.save_every, 1) == 0:
+        slots = [slot.name for slot in session.plan.adapters]
+        save_checkpoint(session.out, session.model, slots, session.optimizer, session.state)
+        prune_checkpoints(session.out, settings.keep_checkpoints)
+    return metrics
+
+
+def rollout_seed(seed: int, step: int) -> int:
+    """Each step's rollout seed depends only on the run's seed and the step, so a resumed
+    run samples exactly what an uninterrupted one would."""
+    return seed * 1_000_003 + step
+
+
+def make_scorer(config: Train, task: Task, reward: str | None, allow_code: bool) -> AnswerScorer:
+    """The step's reward of one run's answer (the plan's first output).
+
+    A task with its own scorer (reasoning_gym) gets the answer extracted with the
+    output's `format` (its scorers compare answers exactly); a named reward (the plan's,
+    or `reward` overriding it) gets the output's full text and extracts for itself.
+    """
+    task_scorer = task.scorer
+    if reward is None and task_scorer is not None:
+
+        def score_extracted(answer: Answer, example: Example) -> float:
+            return task_scorer(answer.answer if answer.answer is not None else answer.text, example)
+
+        return score_extracted
+    function = load_reward(reward or config.reward, allow_code=allow_code)
+
+    def score_text(answer: Answer, example: Example) -> float:
+        return function(answer.text, example.answer)
+
+    return score_text
+
+
+def completion_rows(rollout: Rollout, plan: Plan) -> list[CompletionRow]:
+    """Every trainable node's completion in every run, tagged with its run's index."""
+    nodes = plan.node_map()
+    rows = []
+    for per_input in rollout.samples:
+        for sample in per_input:
+            for record in sample.records.values():
+                if record.adapter is None:
+                    continue  # a frozen node has nothing to train
+                node = nodes[record.node]
+                rows.append(
+                    CompletionRow(
+                        sample=sample.input_index * rollout.group + sample.sample,
+                        node=node.id,
+                        level=node.level,
+                        adapter=record.adapter,
+                        prompt_ids=record.prompt_ids,
+                        completion_ids=record.completion_ids,
+                        temperature=node.generation.temperature,
+                    )
+                )
+    return rows
+
+
+def sync_adapters(session: TrainSession) -> None:
+    """Make the backend generate with the updated adapters: nothing to do when it runs the
+    trained model itself (transformers); an engine that publishes versions (vLLM) gets a
+    new version; any other backend loads freshly saved folders."""
+    backend = session.runtime.backend
+    if getattr(backend, "model", None) is session.model:
+        return
+    if hasattr(backend, "publish"):
+        backend.publish(session.model)
+        return
+    from neuromas.runtime.adapters import save_adapters
+
+    folder = session.out / "sync"
+    shutil.rmtree(folder, ignore_errors=True)
+    backend.set_adapters(save_adapters(session.model, folder, [slot.name for slot in session.plan.adapters]))
+
+
+def metrics_row(
+    session: TrainSession,
+    rollout: Rollout,
+    rewards: torch.Tensor,
+    reward_failures: int,
+    stats: UpdateStats | None,
+    rollout_s: float,
+    update_s: float,
+    sync_s: float,
+) -> dict[str, Any]:
+    """One flat row per step; the update's fields are null when no row had tokens."""
+    records = list(rollout.records())
+    update_fields = ("loss", "kl", "entropy", "clip_fraction", "ratio", "grad_norm")
+    row: dict[str, Any] = {
+        "step": session.state.step,
+        "data_position": session.state.data_position,
+        "reward_mean": rewards.mean().item(),
+        "reward_std": rewards.std(unbiased=False).item(),  # the batch's spread, not an estimate
+        "accuracy": (rewards >= CORRECT).float().mean().item(),
+        **{name: (None if stats is None else _finite(getattr(stats, name))) for name in update_fields},
+        "tokens": 0 if stats is None else stats.tokens,
+        "completions": len(records),
+        "length_truncations": sum(record.finish_reason == "length" for record in records),
+        "prompt_truncations": rollout.truncations,
+        "reward_failures": reward_failures,
+        "rollout_s": round(rollout_s, 4),
+        "update_s": round(update_s, 4),
+        "sync_s": round(sync_s, 4),
+    }
+    is_kl_measured = stats is not None and (session.config.kl != 0.0 or session.settings.log_kl)
+    if not is_kl_measured:
+        row["kl"] = None
+    return row
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint a run resumes from (a crash can leave some)."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def _mean_stats(epochs: list[UpdateStats]) -> UpdateStats:
+    """Average each field over the optimisation passes of one step."""
+    fields = {name: sum(getattr(s, name) for s in epochs) / len(epochs) for name in UpdateStats._fields}
+    return UpdateStats(**{**fields, "tokens": epochs[0].tokens, "rows": epochs[0].rows})
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,153 @@
+"""The transformers backend on the real model: mixed-adapter batches, sampling log-probs, stops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuromas.plan import Generation
+from neuromas.runtime import GenRequest
+from neuromas.runtime.backends.transformers import BASE_ADAPTER, left_pad
+
+from runtime_helpers import compile_small, randomize_adapters
+
+PROMPTS = ["What is 2 + 3?", "Name a color.", "Write one word about the sea, please, and nothing else.", "Hi"]
+
+
+def chat_ids(tokenizer, text: str) -> tuple[int, ...]:
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return tuple(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
+def last_logits(model, rows, **extra) -> torch.Tensor:
+    """(B, V) float32 logits after each row's last token, rows left-padded together."""
+    input_ids, attention_mask = left_pad(rows, 2, model.device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra)
+    return out.logits[:, -1].float()
+
+
+@pytest.fixture
+def two_adapter_backend(make_backend):
+    """Random nonzero adapters on a float32 copy: in bf16, merely changing the batch
+    shape moves logits by ~0.5, which would hide a row getting the wrong adapter."""
+    plan = compile_small("neuromas3.nmas")  # slots node-hidden-0, node-hidden-1, node-answer-0
+    backend = make_backend(plan)
+    backend.model.float()
+    randomize_adapters(backend.model, seed=1, scale=0.03)
+    backend.model.eval()
+    return backend
+
+
+@pytest.mark.parametrize("lora_rows", ["stacked", "peft"])
+def test_mixed_adapter_batch_matches_each_adapter_alone(two_adapter_backend, lora_rows):
+    backend = two_adapter_backend
+    backend.lora_rows = lora_rows
+    model, tokenizer = backend.model, backend.tokenizer
+    rows = [chat_ids(tokenizer, text) for text in PROMPTS]
+    adapters = ["node-hidden-0", "node-hidden-1", "node-hidden-0", None]
+    context, extra = backend.adapter_rows(adapters)
+    assert bool(extra) == (lora_rows == "peft")
+    with context:
+        mixed = last_logits(model, rows, **extra)
+
+    alone = torch.empty_like(mixed)
+    for name in ("node-hidden-0", "node-hidden-1"):  # peft's plain single-adapter path
+        picked = [i for i, n in enumerate(adapters) if n == name]
+        model.set_adapter(name)
+        alone[picked] = last_logits(model, [rows[i] for i in picked])
+    with model.disable_adapter():
+        alone[3] = last_logits(model, [rows[3]])[0]
+
+    tolerance = 1e-3
+    assert (mixed - alone).abs().max().item() < tolerance
+    model.set_adapter("node-hidden-1")
+    swapped = last_logits(model, [rows[0]])[0]  # row 0 under the other adapter
+    assert (swapped - mixed[0]).abs().max().item() > 100 * tolerance
+    with model.disable_adapter():
+        base_row0 = last_logits(model, [rows[0]])[0]
+    assert (base_row0 - mixed[0]).abs().max().item() > 100 * tolerance
+
+
+@pytest.mark.parametrize("lora_rows", ["stacked", "peft"])
+def test_sampling_logprobs_match_a_teacher_forced_pass(two_adapter_backend, lora_rows):
+    backend = two_adapter_backend
+    backend.lora_rows = lora_rows
+    tokenizer, model = backend.tokenizer, backend.model
+    settings = [Generation(max_tokens=6, temperature=1.0, top_p=1.0), Generation(max_tokens=6, temperature=0.7, top_p=0.9)]
+    requests = [
+        GenRequest(chat_ids(tokenizer, PROMPTS[0]), "node-hidden-0", settings[0]),
+        GenRequest(chat_ids(tokenizer, PROMPTS[2]), "node-hidden-1", settings[1]),
+        GenRequest(chat_ids(tokenizer, PROMPTS[1]), None, settings[0]),
+    ]
+    results = backend.generate(requests, seed=4)
+    for request, result in zip(requests, results):
+        assert len(result.completion_ids) == len(result.logprobs) >= 1
+        full = result.prompt_ids + result.completion_ids
+        logits = completion_logits(model, full, len(result.completion_ids), request.adapter or BASE_ADAPTER)
+        scores = logits / request.generation.temperature
+        if request.generation.top_p < 1.0:
+            scores = apply_top_p(scores, request.generation.top_p)
+        expected = torch.log_softmax(scores, -1).gather(1, torch.tensor(result.completion_ids)[:, None]).squeeze(1)
+        got = torch.tensor(result.logprobs)
+        assert torch.isfinite(got).all()
+        assert (got - expected).abs().max().item() < 1e-3, (got, expected)
+    assert backend.stats.calls == 1 and backend.stats.requests == 3
+
+
+def completion_logits(model, ids, length: int, adapter) -> torch.Tensor:
+    """(T, V) logits that predicted each of the last T = `length` tokens of one row."""
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([ids]), adapter_names=[adapter])
+    return out.logits[0, -length - 1 : -1].float()
+
+
+def apply_top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    probs = scores.softmax(-1)
+    sorted_probs, order = probs.sort(-1, descending=True)
+    before = sorted_probs.cumsum(-1) - sorted_probs
+    drop = torch.zeros_like(before, dtype=torch.bool).scatter(1, order, before >= top_p)
+    return scores.masked_fill(drop, float("-inf"))
+
+
+def test_rows_keep_their_own_max_tokens_and_stop_strings(make_backend):
+    plan = compile_small("neuromas3.nmas")
+    backend = make_backend(plan)
+    prompt = chat_ids(backend.tokenizer, "Count from 1 to 20.")
+    greedy = Generation(max_tokens=24, temperature=0.0, top_p=1.0)
+    # Same shapes in both calls (3 rows, one prompt), so greedy decoding repeats exactly.
+    free = backend.generate([GenRequest(prompt, None, greedy)] * 3)
+    assert free[0] == free[1] == free[2]
+    free = free[0]
+    assert free.logprobs == (0.0,) * len(free.completion_ids)  # greedy: a point mass
+    middle = len(free.text) // 2
+    stop = free.text[middle : middle + 2]  # first seen at or before the middle of the text
+    cut = free.text[: free.text.index(stop)]
+
+    results = backend.generate(
+        [
+            GenRequest(prompt, None, greedy),
+            GenRequest(prompt, None, Generation(max_tokens=3, temperature=0.0, top_p=1.0)),
+            GenRequest(prompt, None, Generation(max_tokens=24, temperature=0.0, top_p=1.0, stop=(stop,))),
+        ]
+    )
+    assert results[0] == free
+    assert results[1].completion_ids == free.completion_ids[:3] and results[1].finish_reason == "length"
+    assert results[2].text == cut and results[2].finish_reason == "stop"
+    assert len(results[2].completion_ids) < len(free.completion_ids)
+    assert results[2].completion_ids == free.completion_ids[: len(results[2].completion_ids)]
+    assert backend.stats.calls == 2
+    assert backend.stats.completion_tokens == sum(len(r.completion_ids) for r in [free, free, free, *results])
+
+
+def test_requests_naming_adapters_need_a_peft_model(make_backend):
+    plan = compile_small("moa.nmas")  # frozen: no adapters attached
+    backend = make_backend(plan)
+    request = GenRequest((1, 2, 3), "node-h-0", Generation(max_tokens=2, temperature=1.0, top_p=1.0))
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        backend.generate([request])
+    assert backend.generate([]) == []
+    with_slots = make_backend(compile_small("neuromas3.nmas"))
+    with pytest.raises(ValueError, match="no adapter named node-h-0"):
+        with_slots.generate([request])
