@@ -11,7 +11,9 @@ def emit_plan(graph: ir.Graph, templates: Mapping[str, str], stage: str | None =
     """Needs: every pass run. `templates` maps each Jinja path the spec names to its text."""
     system = graph.system
     outputs = {output.layer: output for output in system.outputs}
-    nodes = tuple(_node(node, outputs.get(node.layer), templates) for node in graph.nodes)
+    sources = {name: plan.Source(kind="input", name=name) for name in system.inputs}
+    sources |= {node.id: plan.Source(kind="node", name=node.id) for node in graph.nodes}
+    nodes = tuple(_node(node, outputs.get(node.layer), templates, sources) for node in graph.nodes)
     node_map = {node.id: node for node in nodes}
     levels: dict[int, list[plan.Call]] = {}
     for call in graph.calls:
@@ -21,7 +23,7 @@ def emit_plan(graph: ir.Graph, templates: Mapping[str, str], stage: str | None =
                 level=call.level,
                 nodes=call.nodes,
                 generation=first.generation,
-                shared_prefix=tuple(_source(name) for name in call.shared_prefix),
+                shared_prefix=tuple([sources[name] for name in call.shared_prefix]),
                 split_reason=call.split_reason,
             )
         )
@@ -46,11 +48,7 @@ def emit_plan(graph: ir.Graph, templates: Mapping[str, str], stage: str | None =
     )
 
 
-def _source(name: str) -> plan.Source:
-    return plan.Source(kind="node" if ir.is_node_id(name) else "input", name=name)
-
-
-def _node(node: ir.Node, output: ir.Output | None, templates: Mapping[str, str]) -> plan.Node:
+def _node(node: ir.Node, output: ir.Output | None, templates: Mapping[str, str], sources: Mapping[str, plan.Source]) -> plan.Node:
     template = plan.Template()
     if node.template.kind == "jinja":
         assert node.template.path is not None
@@ -65,7 +63,7 @@ def _node(node: ir.Node, output: ir.Output | None, templates: Mapping[str, str])
         adapter=node.adapter,
         template=template,
         generation=plan.Generation(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p, stop=g.stop),
-        reads=tuple(_source(name) for name in node.reads),
+        reads=tuple([sources[name] for name in node.reads]),
         is_output=output is not None,
         answer_format=output.answer_format if output is not None else None,
     )

@@ -8,7 +8,6 @@ A comment stays on its line, or moves just above the statement it was inside.
 
 from __future__ import annotations
 
-import json
 
 from neuromas import ast
 
@@ -21,12 +20,29 @@ def format_spec(spec: ast.SpecFile) -> str:
     return printer.text()
 
 
+def quote(text: str) -> str:
+    """A string literal in the spec's escapes: \\" \\\\ \\n \\t, \\uHHHH for other controls."""
+    escaped = []
+    for char in text:
+        if char in ('"', "\\"):
+            escaped.append("\\" + char)
+        elif char == "\n":
+            escaped.append("\\n")
+        elif char == "\t":
+            escaped.append("\\t")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            escaped.append(f"\\u{ord(char):04x}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'
+
+
 def value_text(value: ast.Value) -> str:
     match value:
         case ast.Number(text=text):
             return text
         case ast.String(value=text):
-            return json.dumps(text, ensure_ascii=False)
+            return quote(text)
         case ast.Name(value=name):
             return name
         case ast.List(items=items):

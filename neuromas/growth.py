@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from neuromas import ir, plan
 from neuromas.diagnostics import Diagnostic, did_you_mean
 from neuromas.lower import SpanIndex
-from neuromas.plan import node_id
 
 
 @dataclass(frozen=True)
@@ -21,14 +20,13 @@ class GrownStage:
     stage: ir.Stage
     system: ir.System  # repeats expanded
     inits: dict[str, ir.Init]  # layer -> how its new nodes start
-    previous: ir.System | None  # None for the first stage: nothing is trained yet
 
 
 def grow(system: ir.System, spans: SpanIndex) -> tuple[list[GrownStage], list[Diagnostic]]:
     """Apply every stage in order; report every problem with the stages' ops."""
     stages: list[GrownStage] = []
     found: list[Diagnostic] = []
-    current, previous = system, None
+    current = system
     names: set[str] = set()
     last_step = -1
     for i, stage in enumerate(system.growth):
@@ -49,8 +47,8 @@ def grow(system: ir.System, spans: SpanIndex) -> tuple[list[GrownStage], list[Di
         found += errors.found
         if errors.found:
             break
-        stages.append(GrownStage(stage, grown, inits, previous))
-        current, previous = grown, grown
+        stages.append(GrownStage(stage, grown, inits))
+        current = grown
     return stages, found
 
 

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Sharing = Literal["per_node", "per_layer", "shared", "frozen"]
 PositiveInt = Annotated[int, Field(ge=1)]
+M = TypeVar("M", bound=BaseModel)
+
+
+def evolve(model: M, **changes: Any) -> M:
+    """`model.model_copy(update=changes)` at half the cost: how passes update nodes,
+    thousands at a time. Like model_copy it does not validate (the IR verifier does)."""
+    copied = object.__new__(type(model))
+    object.__setattr__(copied, "__dict__", {**model.__dict__, **changes})
+    object.__setattr__(copied, "__pydantic_fields_set__", model.__pydantic_fields_set__ | changes.keys())
+    object.__setattr__(copied, "__pydantic_extra__", None)
+    object.__setattr__(copied, "__pydantic_private__", None)
+    return copied
 
 
 class IRModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)  # `1e400` is inf: no JSON for it
 
 
 class Lora(IRModel):

@@ -416,6 +416,7 @@ _PHRASES = {
     "int_parsing": "must be a whole number",
     "float_type": "must be a number",
     "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
     "string_type": "must be a string or a name",
     "tuple_type": "must be a [list]",
     "bool_type": "must be true or false",

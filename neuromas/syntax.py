@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast as python_ast
 import re
-import warnings
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -145,22 +143,34 @@ def parse_text(source: str, file: str = "<spec>") -> ast.SpecFile:
     return ast.SpecFile(system, found, file, source)
 
 
+ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}  # and \uHHHH
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
+
+
 def _string_value(token: Token, file: str) -> str:
-    """A STRING token's text, its escapes read as in Python; a bad escape is a syntax error."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # '\\q' is an error on every Python, not a warning on some
-            text = python_ast.literal_eval(str(token))
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        problem = "a lone surrogate escape (\\ud800 to \\udfff) is not text"
-    except (SyntaxError, ValueError) as err:
-        reason = str(getattr(err, "msg", err))
-        problem = "a NUL character" if "null" in reason else reason.rpartition(": ")[2]
-    else:
+    """A STRING token's text with its escapes read: \\" \\\\ \\n \\t \\uHHHH, nothing else,
+    so that `"\\boxed{}"` is an error rather than a backspace."""
+    problems: list[str] = []
+
+    def unescape(match: re.Match[str]) -> str:
+        code = match[1]
+        if code[0] == "u" and len(code) == 5:
+            char = chr(int(code[1:], 16))
+            if 0xD800 <= ord(char) <= 0xDFFF or char == "\0":
+                problems.append(f"'\\{code}' is not a text character")
+            return char
+        if code in ESCAPES:
+            return ESCAPES[code]
+        problems.append(f"unknown escape '\\{code}'")
+        return code
+
+    text = _ESCAPE.sub(unescape, str(token)[1:-1])
+    if "\0" in text and not problems:
+        problems.append("a NUL character")
+    if not problems:
         return text
-    hint = 'escapes are \\" \\\\ \\n \\t \\xHH \\uHHHH \\N{NAME}; write other characters as they are'
-    raise CompileError([Diagnostic(_span(token, file), f"invalid string: {problem}", hint)])
+    hint = 'escapes are \\" \\\\ \\n \\t \\uHHHH; write a backslash as \\\\, like "\\\\boxed{}"'
+    raise CompileError([Diagnostic(_span(token, file), f"invalid string: {problems[0]}", hint)])
 
 
 def decode_source(data: bytes, file: str) -> str:

@@ -31,7 +31,8 @@ def wilson_interval(successes: int, n: int, *, z: float = Z95) -> Interval:
     denominator = 1 + z2 / n
     center = (p + z2 / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator
-    return Interval(p, max(0.0, center - half), min(1.0, center + half), n)
+    # rounding can put a bound a hair past the estimate at p = 0 or 1: the interval holds p
+    return Interval(p, min(p, max(0.0, center - half)), max(p, min(1.0, center + half)), n)
 
 
 def mean_interval(values: Sequence[float], *, z: float = Z95) -> Interval:

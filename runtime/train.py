@@ -30,7 +30,7 @@ from neuromas.runtime.checkpoint import (
     save_checkpoint,
 )
 from neuromas.runtime.loss import compute_advantages
-from neuromas.runtime.rewards import load_reward, safe_rewards
+from neuromas.runtime.rewards import RewardScores, load_reward, safe_rewards
 from neuromas.runtime.rollout import Answer, Rollout, Runtime
 from neuromas.runtime.tasks import Example, Task
 from neuromas.runtime.update import (
@@ -106,12 +106,12 @@ def start_session(
         raise UserError("the spec has no train block: add `train { algorithm grpo ... }` to train it")
     if not plan.adapters:
         raise UserError("every node of this system is frozen: there is no adapter to train")
+    score = make_scorer(plan.train, task, reward, allow_code)
     model = runtime.backend.model
     slots = [slot.name for slot in plan.adapters]
     out = Path(out)
+    check_out_folder(out, resume)
     checkpoints = list_checkpoints(out)
-    if not resume and (checkpoints or (out / METRICS_FILE).exists()):
-        raise UserError(f"'{out}' already holds a run: pass --resume to continue it, or choose another --out")
     params = prepare_for_update(model)
     optimizer = make_optimizer(params, plan.train.lr)
     fingerprint = plan_fingerprint(plan)
@@ -133,13 +133,20 @@ def start_session(
         runtime=runtime,
         model=model,
         task=task,
-        score=make_scorer(plan.train, task, reward, allow_code),
+        score=score,
         settings=settings,
         out=out,
         optimizer=optimizer,
         params=params,
         state=state,
     )
+
+
+def check_out_folder(out: Path, resume: bool) -> None:
+    """Refuse to start a new run over another one (UserError); cheap, so callers can
+    check before loading a model."""
+    if not resume and (list_checkpoints(out) or (Path(out) / METRICS_FILE).exists()):
+        raise UserError(f"'{out}' already holds a run: pass --resume to continue it, or choose another --out")
 
 
 def train(session: TrainSession, on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
@@ -178,12 +185,13 @@ def train_step(session: TrainSession) -> dict[str, Any]:
 
     # 4. Loss and step. Old log-probs are the training model's own, taken before the
     # update, so the importance ratio starts at exactly 1 (the sampler's log-probs come
-    # from another numeric path, and from another engine with vLLM).
+    # from another numeric path, and from another engine with vLLM). With one pass the
+    # first forward pass gives them (update_step's old_logprobs=None).
     update_started = time.perf_counter()
     batches = micro_batches(rows, settings.token_budget)
     stats = None
     if batches:
-        old_logprobs = score_batches(session.model, batches)
+        old_logprobs = score_batches(session.model, batches) if config.epochs > 1 else None
         needs_reference = config.kl != 0.0 or settings.log_kl
         ref_logprobs = score_batches(session.model, batches, use_adapters=False) if needs_reference else None
         update = UpdateConfig(clip=config.clip, kl_coef=config.kl, loss_norm=config.loss_norm, grad_clip=config.grad_clip)
@@ -202,7 +210,7 @@ def train_step(session: TrainSession) -> dict[str, Any]:
 
     # 6. Log, then checkpoint.
     session.state = state._replace(step=state.step + 1, data_position=state.data_position + len(examples))
-    metrics = metrics_row(session, rollout, rewards, scores.failures, stats, rollout_s, update_s, sync_s)
+    metrics = metrics_row(session, rollout, rewards, scores, stats, rollout_s, update_s, sync_s)
     metrics["step_s"] = round(time.perf_counter() - step_started, 4)
     with (session.out / METRICS_FILE).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(metrics) + "\n")
@@ -287,13 +295,14 @@ def metrics_row(
     session: TrainSession,
     rollout: Rollout,
     rewards: torch.Tensor,
-    reward_failures: int,
+    scores: RewardScores,
     stats: UpdateStats | None,
     rollout_s: float,
     update_s: float,
     sync_s: float,
 ) -> dict[str, Any]:
-    """One flat row per step; the update's fields are null when no row had tokens."""
+    """One flat row per step; the update's fields are null when no row had tokens, and
+    grad_norm is null when it was not finite (the step was skipped)."""
     records = list(rollout.records())
     update_fields = ("loss", "kl", "entropy", "clip_fraction", "ratio", "grad_norm")
     row: dict[str, Any] = {
@@ -307,7 +316,8 @@ def metrics_row(
         "completions": len(records),
         "length_truncations": sum(record.finish_reason == "length" for record in records),
         "prompt_truncations": rollout.truncations,
-        "reward_failures": reward_failures,
+        "reward_failures": scores.failures,
+        "reward_error": scores.errors[0] if scores.errors else None,  # the first, to see what failed
         "rollout_s": round(rollout_s, 4),
         "update_s": round(update_s, 4),
         "sync_s": round(sync_s, 4),

@@ -13,6 +13,7 @@ and the output head is computed in fp32 so that log-probs are not rounded to bf1
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -221,7 +222,7 @@ def update_step(
     optimizer: torch.optim.Optimizer,
     params: Sequence[nn.Parameter],
     batches: Sequence[MicroBatch],
-    old_logprobs: Sequence[Tensor],
+    old_logprobs: Sequence[Tensor] | None,
     ref_logprobs: Sequence[Tensor] | None,
     row_advantages: Tensor,
     config: UpdateConfig,
@@ -230,7 +231,10 @@ def update_step(
     gradients accumulated, clipped over all adapter parameters, then AdamW.
 
     old_logprobs / ref_logprobs: one (B, T) tensor per micro-batch; row_advantages: (R,),
-    one per row of the step (indexed by MicroBatch.rows).
+    one per row of the step (indexed by MicroBatch.rows). old_logprobs None means the
+    model has not changed since the rollout (the first pass over it): the forward pass's
+    own log-probs, detached, are then the old ones, the very numbers a separate no-grad
+    pass would give, for one forward pass fewer.
     """
     # The normalisers cover the whole step, so the accumulated loss is the full-batch loss.
     total_tokens = int(sum(batch.completion_mask.sum().item() for batch in batches))
@@ -240,9 +244,10 @@ def update_step(
     for index, batch in enumerate(batches):
         scores = token_logprobs(model, batch, with_entropy=True)
         advantages = row_advantages[list(batch.rows)]  # (B,)
+        old = scores.logprobs.detach() if old_logprobs is None else old_logprobs[index]
         terms = policy_terms(
             scores.logprobs,
-            old_logprobs[index],
+            old,
             advantages,
             clip=config.clip,
             ref_logprobs=None if ref_logprobs is None else ref_logprobs[index],
@@ -258,7 +263,10 @@ def update_step(
         sums["ratio"] += (terms.ratio * mask).sum().item()
     max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-    optimizer.step()
+    if math.isfinite(grad_norm):
+        optimizer.step()
+    # else: a NaN or inf gradient would corrupt every adapter and the optimiser's
+    # moments; the step is skipped, and the non-finite norm shows it in the metrics.
     optimizer.zero_grad(set_to_none=True)
     per_token = max(total_tokens, 1)
     return UpdateStats(

@@ -222,14 +222,13 @@ class _Writer:
 
     def add(self, text: str) -> None:
         """A statement, maybe after a blank or comment line, maybe with a trailing comment."""
-        gap = self.draw(st.integers(0, 9))
-        indent = self.draw(st.sampled_from(("    ", "  ", "\t", "")))
+        style = self.draw(st.integers(0, 319))  # one draw (they are not free): gap, indent, comment
+        gap, indent, trailing = style % 10, ("    ", "  ", "\t", "")[style // 10 % 4], style // 40 == 0
         if gap == 0:
             self.lines.append("")
         elif gap == 1:
             self.lines.append(indent * self.depth + self.comment())
-        trailing = "  " + self.comment() if self.draw(st.integers(0, 7)) == 0 else ""
-        self.lines.append(indent * self.depth + text + trailing)
+        self.lines.append(indent * self.depth + text + ("  " + self.comment() if trailing else ""))
 
     def settings(self, items: list[str]) -> str:
         """A settings block: `{}`, `{ a 1  b 2 }`, or one item a line (with comments)."""
@@ -249,6 +248,7 @@ class _Writer:
 
 
 def _pattern(draw: Any, source_width: int, target_width: int) -> Pattern:
+    """A pattern valid between layers of these widths, written in one of its forms."""
     kinds = ["dense", "window", "random"] + (["one_to_one"] if source_width == target_width else [])
     kind = draw(st.sampled_from(kinds))
     if kind == "dense":
@@ -288,8 +288,8 @@ class _Layer:
     width: int
     repeat: int | None
     chain: Pattern | None
-    items: list[str]  # settings block items, or None
-    block: bool
+    items: list[str]  # its settings block's items
+    block: bool  # a block is written (maybe empty)
     generation: dict[str, Any]
     nodes: dict[int, dict[str, Any]]
 
@@ -299,6 +299,8 @@ class _Layer:
 
 
 def _layer_settings(draw: Any, width: int, uniform: bool, defaults: dict[str, Any]) -> tuple[list[str], bool, dict[str, Any], dict[int, dict[str, Any]]]:
+    """A layer's block items, whether it has a block, its generation settings over the
+    defaults, and its nodes' settings over its own."""
     items: list[str] = []
     values: dict[str, Any] = {}
     if not uniform:
@@ -433,7 +435,7 @@ def systems(draw: Any, *, uniform: bool = False, growth: bool = True, max_layers
     if draw(st.booleans()):
         writer.add(_train_text(draw, writer))
     stages: list[Stage] = []
-    if growth and draw(st.booleans()):
+    if growth and (any_init or draw(st.booleans())):
         stages = _growth(draw, writer, net, min_widths, spare, uniform, defaults, any_init)
     writer.depth = 0
     writer.lines.append("}")
@@ -519,19 +521,17 @@ def _growth(draw: Any, writer: _Writer, net: Net, min_widths: dict[str, int], sp
     step = -1
     names = iter(spare)
     stage_names = draw(st.lists(st.sampled_from(NAMES), min_size=3, max_size=3, unique=True))
-    for s in range(draw(st.integers(1, 3))):
+    for s in range(draw(st.integers(2 if any_init else 1, 3))):
         trained = current
         ops: list[str] = []
-        candidate_ops = draw(st.integers(0, 3))
-        for _ in range(candidate_ops):
+        for _ in range(draw(st.integers(int(any_init), 4))):
             proposal = _growth_op(draw, current, trained, s == 0, names, uniform, defaults, any_init)
             if proposal is None:
                 continue
-            text, grown, grown_min = proposal
-            if not problems(grown, {**min_widths, **grown_min}):
+            text, grown = proposal
+            if not problems(grown, min_widths):
                 ops.append(text)
                 current = grown
-                min_widths = {**min_widths, **grown_min}
         after = ""
         if s > 0:
             step = draw(st.integers(step + 1, step + 500))
@@ -556,26 +556,31 @@ def _growth(draw: Any, writer: _Writer, net: Net, min_widths: dict[str, int], sp
     return stages
 
 
-def _growth_op(draw: Any, net: Net, trained: Net, is_first: bool, names: Any, uniform: bool, defaults: dict[str, Any], any_init: bool) -> tuple[str, Net, dict[str, int]] | None:
-    """One growth op and the system after it, or None when no such op applies."""
+def _growth_op(draw: Any, net: Net, trained: Net, is_first: bool, names: Any, uniform: bool, defaults: dict[str, Any], any_init: bool) -> tuple[str, Net] | None:
+    """One growth op and the system after it, or None when no such op applies.
+    `any_init`: widen and insert favour layers new in this stage, whose adapters
+    are not trained yet (then `init copy` and `init mean` must be refused)."""
     grown = copy.deepcopy(net)
     layers = list(grown.widths)
-    kind = draw(st.sampled_from(("resize", "widen", "insert", "keep", "drop", "edge") if is_first else ("widen", "insert", "keep", "drop", "edge")))
+    fresh = [layer for layer in layers if layer not in trained.widths]
+    grown_from = fresh if any_init and fresh and draw(st.booleans()) else layers
+    kinds = ("widen", "insert") * (2 if any_init else 1) + ("keep", "drop", "edge") + (("resize",) if is_first else ())
+    kind = draw(st.sampled_from(kinds))
     if kind == "resize":
         layer = draw(st.sampled_from(layers))
         width = draw(st.integers(1, 5))
         grown.widths[layer] = width
-        return f"{layer} width {width}", grown, {}
+        return f"{layer} width {width}", grown
     if kind == "widen":
-        layer = draw(st.sampled_from(layers))
+        layer = draw(st.sampled_from(grown_from))
         width = grown.widths[layer] + draw(st.integers(1, 2))
         grown.widths[layer] = width
-        return f"widen {layer} to {width}{_init(draw, net if is_first or any_init else trained, layer)}", grown, {}
+        return f"widen {layer} to {width}{_init(draw, net if is_first or any_init else trained, layer)}", grown
     if kind == "insert":
         name = next(names, None)
         if name is None:
             return None
-        after = draw(st.sampled_from(layers))
+        after = draw(st.sampled_from(grown_from))
         width = draw(st.integers(1, 3))
         readers = list(dict.fromkeys(e.target.name for e in grown.edges if e.source.name == after and e.source.name in grown.widths))
         position = layers.index(after) + 1
@@ -591,19 +596,19 @@ def _growth_op(draw: Any, net: Net, trained: Net, is_first: bool, names: Any, un
         text = f"insert {name} width {width} after {after}{_init(draw, net if is_first or any_init else trained, after)}"
         if items:
             text += " { " + "  ".join(items) + " }"
-        return text, grown, {}
+        return text, grown
     if kind in ("keep", "drop"):
         if not grown.edges:
             return None
         edge = draw(st.sampled_from(grown.edges))
         if kind == "drop":
             grown.edges = [e for e in grown.edges if not (e.source.name == edge.source.name and e.target.name == edge.target.name)]
-        return f"{kind} {edge.source.name} -> {edge.target.name}", grown, {}
+        return f"{kind} {edge.source.name} -> {edge.target.name}", grown
     j = draw(st.integers(0, len(layers) - 1))
     source = draw(st.sampled_from([*grown.inputs, *layers[:j]]))
     edge = _edge(draw, grown, layers[j], source, whole=False)
     grown.edges.append(edge)
-    return f"{edge.target} <- {_source_text(edge)}", grown, {}
+    return f"{edge.target} <- {_source_text(edge)}", grown
 
 
 def _init(draw: Any, pool: Net, default: str) -> str:

@@ -9,12 +9,12 @@ independent graph search over the expected graph finds them.
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import Net, System, levels, node_reads, reaching, systems
 
 from neuromas import plan
 from neuromas.diagnostics import CompileError
@@ -22,6 +22,9 @@ from neuromas.format import format_spec
 from neuromas.lower import lower
 from neuromas.pipeline import compile_source
 from neuromas.syntax import decode_source, parse_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/strategies.py (pytest runs in importlib mode)
+from strategies import Net, System, levels, node_reads, reaching, systems  # noqa: E402
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.nmas"))
 MUTATION_EXAMPLES = 2500
@@ -48,6 +51,7 @@ def compiled(text: str) -> plan.Plan:
 @examples(250)
 @given(systems())
 def test_fmt_round_trip_keeps_ir_and_comments(system: System) -> None:
+    """Printed with fmt and parsed again, a spec lowers to the same IR and keeps its comments."""
     spec = parse_text(system.text)
     again = parse_text(format_spec(spec))
     assert lower(again)[0] == lower(spec)[0]
@@ -57,6 +61,7 @@ def test_fmt_round_trip_keeps_ir_and_comments(system: System) -> None:
 @examples(250)
 @given(systems())
 def test_fmt_is_idempotent(system: System) -> None:
+    """fmt of fmt's output changes nothing."""
     once = format_spec(parse_text(system.text))
     assert format_spec(parse_text(once)) == once
 
@@ -77,28 +82,39 @@ INSERTS = (
 )
 
 
+BYTES = st.one_of(st.integers(0x20, 0x7E), st.sampled_from(b"\t\n\r"), st.integers(0, 255))  # printable ones first
+NAME, NUMBER, STRING = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*"), re.compile(rb"[+-]?\d[\d.eE+-]*"), re.compile(rb'"(?:[^"\\\n]|\\.)*"')
+SAME_KIND = {  # besides the spec's own tokens of each kind
+    NAME: (b"[]", b"[[x], []]", b"[" * 1500 + b"x" + b"]" * 1500),
+    NUMBER: (b"0", b"-1", b"1e400", b"2.5", b"99", b"1e-9"),
+    STRING: (b'"\\N{bogus}"', b'"\\ud800"', b'"\\x4"', b'"\x00"', b'"\\q"', b'"\\U0001F600"', b'"\\0"', '"é\\n"'.encode()),
+}
+
+
 @st.composite
 def mutated(draw) -> bytes:
     """A valid spec (an example or a drawn one) after 1 to 4 byte or token edits."""
     if draw(st.booleans()):
         data = draw(st.sampled_from(SPECS)).read_bytes()
     else:
-        data = draw(systems(any_init=True)).text.encode()
+        data = draw(systems()).text.encode()
+    edits = draw(st.sampled_from(((_byte_edit, _token_edit), (_same_kind_edit,))))  # half: edits that mostly parse
     for _ in range(draw(st.integers(1, 4))):
-        data = draw(st.sampled_from((_byte_edit, _token_edit)))(draw, data)
+        data = draw(st.sampled_from(edits))(draw, data)
     return data
 
 
 def _byte_edit(draw, data: bytes) -> bytes:
+    """Delete, insert, replace, swap or duplicate bytes (any byte, so not always UTF-8)."""
     i = draw(st.integers(0, len(data)))
     j = min(len(data), i + draw(st.integers(1, 8)))
     match draw(st.sampled_from(("delete", "insert", "replace", "swap", "duplicate"))):
         case "delete":
             return data[:i] + data[j:]
         case "insert":
-            return data[:i] + bytes([draw(st.integers(0, 255))]) + data[i:]
+            return data[:i] + bytes([draw(BYTES)]) + data[i:]
         case "replace":
-            return data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1 :]
+            return data[:i] + bytes([draw(BYTES)]) + data[i + 1 :]
         case "swap":
             k = draw(st.integers(0, len(data)))
             a, b = sorted((i, k))
@@ -108,6 +124,7 @@ def _byte_edit(draw, data: bytes) -> bytes:
 
 
 def _token_edit(draw, data: bytes) -> bytes:
+    """Delete, insert, swap, duplicate or replace a token (keywords, punctuation, odd values)."""
     tokens = TOKEN.findall(data) or [b""]
     i = draw(st.integers(0, len(tokens) - 1))
     match draw(st.sampled_from(("delete", "insert", "swap", "duplicate", "replace"))):
@@ -125,9 +142,21 @@ def _token_edit(draw, data: bytes) -> bytes:
     return b"".join(tokens)
 
 
+def _same_kind_edit(draw, data: bytes) -> bytes:
+    """A name, number or string for another of its kind (or a list for a name): mostly still parses."""
+    tokens = TOKEN.findall(data)
+    for kind, extra in SAME_KIND.items():
+        found = [i for i, token in enumerate(tokens) if kind.fullmatch(token)]
+        if found and draw(st.booleans()):
+            tokens[draw(st.sampled_from(found))] = draw(st.sampled_from(extra if draw(st.booleans()) else [tokens[i] for i in found]))
+    return b"".join(tokens)
+
+
 @examples(MUTATION_EXAMPLES)
 @given(mutated())
 def test_mutations_only_raise_compile_errors(data: bytes) -> None:
+    """A broken spec gives CompileError diagnostics that point into it; one that still
+    compiles gives a plan that survives JSON. No other exception, ever."""
     try:
         result = compile_source(decode_source(data, "fuzz.nmas"), "fuzz.nmas", verify=True)
     except CompileError as err:
@@ -176,9 +205,9 @@ def check_plan(result: plan.Plan, net: Net) -> None:
             assert all(nodes[name].generation == call.generation for name in call.nodes)
             for name in call.nodes:
                 assert nodes[name].reads[: len(call.shared_prefix)] == call.shared_prefix
-    for node in result.nodes:
-        max_tokens, temperature, top_p, stop = net.generation_of(node.id)
-        assert (node.generation.max_tokens, node.generation.temperature, node.generation.top_p, node.generation.stop) == (max_tokens, temperature, top_p, stop)
+    for node in result.nodes:  # settings merged: defaults, then the layer's, then the node's
+        g = node.generation
+        assert (g.max_tokens, g.temperature, g.top_p, g.stop) == net.generation_of(node.id)
     # outputs and adapter slots
     assert {output.layer: output.aggregate == "vote" for output in result.outputs} == net.outputs
     for output in result.outputs:
@@ -187,39 +216,62 @@ def check_plan(result: plan.Plan, net: Net) -> None:
     assert slots == Counter(node.id for node in result.nodes if node.adapter is not None)
 
 
-@examples(200)
+@examples(400)
 @given(systems())
 def test_plan_matches_expected_graph(system: System) -> None:
+    """The plan and every growth stage's plan against the graphs the strategy expects."""
     result = compiled(system.text)
     check_plan(result, system.net)
     assert [stage.name for stage in result.growth] == [stage.name for stage in system.stages]
-    trained: plan.Plan | None = None
     for stage, expected in zip(result.growth, system.stages):
         check_plan(stage.plan, expected.net)
+    check_origins(result)
+
+
+def check_origins(result: plan.Plan) -> None:
+    """Each node of a stage keeps its trained adapter, or starts from trained ones or zero."""
+    trained: plan.Plan | None = None
+    for stage in result.growth:
         assert [origin.node for origin in stage.origins] == [node.id for node in stage.plan.nodes]
         old = set() if trained is None else set(trained.node_map())
         for origin in stage.origins:
             assert (origin.kind == "keep") == (origin.node in old)
             if trained is None:
                 assert origin.kind == "zero"
-            elif origin.kind == "copy":  # a new node starts from a trained one
+            elif origin.kind == "copy":
                 assert origin.source in old
             elif origin.kind == "mean":
                 assert any(node.layer == origin.source for node in trained.nodes)
         trained = stage.plan
 
 
+@examples(300)
+@given(systems(any_init=True))
+def test_growth_inits_need_trained_sources(system: System) -> None:
+    """`init copy` and `init mean` here may name layers new in their stage, or nodes that
+    are out of range or were pruned: the compiler reports those, and nothing else."""
+    try:
+        result = compiled(system.text)
+    except CompileError as err:
+        reasons = ("needs trained adapters", "has no trained adapter", "is out of range")
+        assert all(any(reason in d.message for reason in reasons) for d in err.diagnostics), err.render()
+        return
+    check_origins(result)
+
+
 @examples(150)
 @given(systems(uniform=True))
 def test_uniform_settings_take_one_call_per_level(system: System) -> None:
+    """With the same generation settings everywhere, a rollout takes one call per level."""
     result = compiled(system.text)
     assert len(result.calls) == result.depth
     assert all(call.split_reason is None for call in result.calls)
 
 
-@examples(150)
+@examples(200)
 @given(systems())
 def test_plan_json_round_trip_and_determinism(system: System) -> None:
+    """JSON round trips exactly, and compiling again gives the same bytes and hash."""
     result = compiled(system.text)
     data = result.to_json()
     assert plan.Plan.from_json(data) == result

@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from neuromas.runtime.tasks import TaskOptions, load_task, parse_task_options
-    from neuromas.runtime.train import TrainSettings, start_session, train
+    from neuromas.runtime.train import TrainSettings, check_out_folder, make_scorer, start_session, train
 
     plan = training_plan(args)
     assert plan.train is not None
@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
             options=parse_task_options(args.task_option),
         ),
     )
+    # Mistakes the user can fix are reported before the model loads.
+    make_scorer(plan.train, task, args.reward, args.allow_code)
+    check_out_folder(Path(args.out), args.resume)
     _seed_everything(args.seed)  # adapters are initialised when the model loads
     runtime = build_runtime(plan, args)
     settings = TrainSettings(

@@ -19,5 +19,5 @@ def slot_name(sharing: ir.Sharing, node: ir.Node) -> str | None:
 def assign_adapters(graph: ir.Graph) -> ir.Graph:
     """Needs: nodes created. Guarantees: `adapter` is set for every node that trains,
     None for frozen ones; nodes that share an adapter carry the same slot name."""
-    nodes = tuple(node.model_copy(update={"adapter": slot_name(node.share, node)}) for node in graph.nodes)
+    nodes = tuple(ir.evolve(node, adapter=slot_name(node.share, node)) for node in graph.nodes)
     return graph.model_copy(update={"nodes": nodes})

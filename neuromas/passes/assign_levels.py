@@ -24,7 +24,7 @@ def node_levels(graph: ir.Graph) -> dict[str, int]:
         while stack:
             current, pending = stack[-1]
             for source in pending:
-                if not ir.is_node_id(source) or source in levels:
+                if source not in nodes or source in levels:  # an input, or done
                     continue
                 if source in on_path:
                     path = [name for name, _ in stack]
@@ -35,8 +35,7 @@ def node_levels(graph: ir.Graph) -> dict[str, int]:
             else:
                 stack.pop()
                 on_path.discard(current)
-                depths = [levels[s] + 1 for s in nodes[current].reads if ir.is_node_id(s)]
-                levels[current] = max(depths, default=0)
+                levels[current] = max([levels[s] + 1 for s in nodes[current].reads if s in nodes], default=0)
     return levels
 
 
@@ -44,5 +43,5 @@ def assign_levels(graph: ir.Graph) -> ir.Graph:
     """Needs: an acyclic graph. Guarantees: every source of a node is at a lower level;
     nodes are sorted by level (stable within a level), so skip edges are handled."""
     levels = node_levels(graph)
-    nodes = sorted((node.model_copy(update={"level": levels[node.id]}) for node in graph.nodes), key=lambda n: n.level)
+    nodes = sorted((ir.evolve(node, level=levels[node.id]) for node in graph.nodes), key=lambda n: n.level)
     return graph.model_copy(update={"nodes": tuple(nodes)})

@@ -29,7 +29,7 @@ def order_prompts(graph: ir.Graph) -> ir.Graph:
         prefix = tuple(sorted(shared, key=source_key))
         for node in members:
             rest = tuple(source for source in node.reads if source not in shared)
-            updated[node.id] = node.model_copy(update={"reads": prefix + rest})
+            updated[node.id] = ir.evolve(node, reads=prefix + rest)
         first_seen = {slot: i for i, slot in reversed(list(enumerate(node.adapter for node in members)))}
         ordered = sorted(members, key=lambda node: first_seen[node.adapter])
         calls.append(call.model_copy(update={"nodes": tuple(node.id for node in ordered), "shared_prefix": prefix}))

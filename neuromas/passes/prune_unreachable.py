@@ -8,16 +8,12 @@ from neuromas import ir
 def reaching_outputs(graph: ir.Graph) -> set[str]:
     """Ids of the nodes whose text reaches an output (output nodes included)."""
     output_layers = {output.layer for output in graph.system.outputs}
-    readers: dict[str, list[str]] = {}
-    for node in graph.nodes:
-        for source in node.reads:
-            readers.setdefault(source, []).append(node.id)
     stack = [node.id for node in graph.nodes if node.layer in output_layers]
     seen = set(stack)
     nodes = graph.node_map()
     while stack:
         for source in nodes[stack.pop()].reads:
-            if ir.is_node_id(source) and source not in seen:
+            if source in nodes and source not in seen:  # inputs are not nodes
                 seen.add(source)
                 stack.append(source)
     return seen

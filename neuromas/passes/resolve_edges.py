@@ -15,47 +15,38 @@ def resolve_edges(system: ir.System) -> ir.Graph:
     its sources once, in the order the spec's edges give them.
     """
     layers = {layer.name: layer for layer in system.layers}
-    reads: dict[str, dict[str, None]] = {}
-    for layer in system.layers:
-        for index in range(layer.width):
-            reads[node_id(layer.name, index)] = {}
+    ids = {layer.name: [node_id(layer.name, index) for index in range(layer.width)] for layer in system.layers}
+    reads: dict[str, dict[str, None]] = {name: {} for names in ids.values() for name in names}
     for edge in system.edges:
         target = layers[edge.target.name]
         targets = range(target.width) if edge.target.index is None else (edge.target.index,)
         for index in targets:
-            found = reads[node_id(target.name, index)]
-            for source in _sources(edge, index, target.width, layers):
-                found[source] = None
+            reads[ids[target.name][index]].update(dict.fromkeys(_sources(edge, index, target.width, ids)))
     nodes = []
     for layer in system.layers:
         overrides = {node.index: node for node in layer.nodes}
-        for index in range(layer.width):
-            own = overrides.get(index, layer)
-            nodes.append(
-                ir.Node.model_construct(
-                    id=node_id(layer.name, index),
-                    layer=layer.name,
-                    index=index,
-                    width=layer.width,
-                    generation=own.generation,
-                    template=own.template,
-                    share=own.share,
-                    reads=tuple(reads[node_id(layer.name, index)]),
-                    level=None,
-                    adapter=None,
-                )
-            )
+        first = ir.Node.model_construct(
+            id=ids[layer.name][0], layer=layer.name, index=0, width=layer.width, generation=layer.generation,
+            template=layer.template, share=layer.share, reads=(), level=None, adapter=None,
+        )
+        for index, name in enumerate(ids[layer.name]):
+            node = ir.evolve(first, id=name, index=index, reads=tuple(reads[name]))
+            own = overrides.get(index)
+            if own is not None:
+                node = ir.evolve(node, generation=own.generation, template=own.template, share=own.share)
+            nodes.append(node)
     return ir.Graph.model_construct(system=system, nodes=tuple(nodes), calls=(), warnings=())
 
 
-def _sources(edge: ir.Edge, target_index: int, target_width: int, layers: dict[str, ir.Layer]) -> list[str]:
+def _sources(edge: ir.Edge, target_index: int, target_width: int, ids: dict[str, list[str]]) -> list[str]:
+    """The node ids (or the input) that one target node reads through `edge`; `ids` lists each layer's nodes."""
     if edge.source.kind == "input":
         return [edge.source.name]
-    source = layers[edge.source.name]
+    source = ids[edge.source.name]
     if edge.source.index is not None:
-        return [node_id(source.name, edge.source.index)]
-    indices = connect(edge.pattern, source.width, target_width, target_index, f"{edge.source.name}->{edge.target.name}")
-    return [node_id(source.name, i) for i in indices]
+        return [source[edge.source.index]]
+    indices = connect(edge.pattern, len(source), target_width, target_index, f"{edge.source.name}->{edge.target.name}")
+    return [source[i] for i in indices]
 
 
 def connect(pattern: ir.Pattern, source_width: int, target_width: int, target: int, salt: str) -> list[int]:

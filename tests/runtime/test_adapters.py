@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -14,7 +16,8 @@ from neuromas.diagnostics import UserError
 from neuromas.runtime import adapter_folders, attach_adapters, load_adapters, save_adapters
 from neuromas.runtime.backends.transformers import left_pad
 
-from runtime_helpers import compile_small, randomize_adapters
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtime_helpers.py (pytest runs in importlib mode)
+from runtime_helpers import compile_small, randomize_adapters  # noqa: E402
 
 ROWS = [(1, 9690, 198, 2683, 359, 253, 5356, 2, 198, 1, 4093, 198, 1780, 314, 216, 34), (1, 4093, 198, 40, 2)]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,7 +12,8 @@ from neuromas.plan import Generation
 from neuromas.runtime import GenRequest
 from neuromas.runtime.backends.transformers import BASE_ADAPTER, left_pad
 
-from runtime_helpers import compile_small, randomize_adapters
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtime_helpers.py (pytest runs in importlib mode)
+from runtime_helpers import compile_small, randomize_adapters  # noqa: E402
 
 PROMPTS = ["What is 2 + 3?", "Name a color.", "Write one word about the sea, please, and nothing else.", "Hi"]
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from neuromas.cli import main
 
-from runtime_helpers import SPECS
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtime_helpers.py (pytest runs in importlib mode)
+from runtime_helpers import SPECS  # noqa: E402
 
 NEUROMAS3 = str(SPECS / "neuromas3.nmas")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -10,7 +12,8 @@ import pytest
 from neuromas.diagnostics import UserError
 from neuromas.runtime.prompts import TRUNCATION_MARK, PromptRenderer, water_level
 
-from runtime_helpers import compile_small
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtime_helpers.py (pytest runs in importlib mode)
+from runtime_helpers import compile_small  # noqa: E402
 
 ROLE_WORDS = re.compile(r"\b(critic|planner|solver|verifier|judge|reviewer|expert|manager|debater)\b", re.I)
 NUMBER_SPEC = """

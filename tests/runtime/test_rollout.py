@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from itertools import groupby
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +12,8 @@ from neuromas.runtime import Runtime, TransformersBackend
 from neuromas.runtime.answers import normalize_text
 from neuromas.runtime.rollout import majority_vote
 
-from runtime_helpers import compile_small
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtime_helpers.py (pytest runs in importlib mode)
+from runtime_helpers import compile_small  # noqa: E402
 
 QUESTIONS = ["What is 2 + 3?", "What is the capital of France?"]
 

@@ -51,3 +51,10 @@ def test_mean_interval_of_one_value_is_unbounded_and_of_none_an_error():
 
 def test_interval_prints_compactly():
     assert str(wilson_interval(8, 10)) == "0.800 [0.490, 0.943] (n=10)"
+
+
+def test_wilson_interval_contains_the_estimate_at_the_edges():
+    for n in (1, 2, 3, 7, 50):
+        none, every = wilson_interval(0, n), wilson_interval(n, n)
+        assert none.low == 0.0 <= none.estimate <= none.high
+        assert every.low <= every.estimate == every.high == 1.0

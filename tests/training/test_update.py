@@ -203,9 +203,9 @@ def test_accumulated_micro_batches_equal_one_big_batch(peft_model, loss_norm):
     config = UpdateConfig(clip=0.2, kl_coef=0.1, loss_norm=loss_norm, grad_clip=0.0)
     start = {id(p): p.detach().clone() for p in params}
 
-    def deltas(token_budget: int):
+    def deltas(token_budget: int, is_old_given: bool = True):
         batches = micro_batches(rows, token_budget)
-        old = score_batches(model, batches)
+        old = score_batches(model, batches) if is_old_given else None
         ref = score_batches(model, batches, use_adapters=False)
         optimizer = torch.optim.SGD(params, lr=1.0)
         stats = update_step(model, optimizer, params, batches, old, ref, advantages, config)
@@ -227,3 +227,8 @@ def test_accumulated_micro_batches_equal_one_big_batch(peft_model, loss_norm):
     scale = max(d.abs().max().item() for d in big)
     for a, b in zip(small, big):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * scale)
+    # Without old log-probs (first pass), the forward pass's own ones give the same step.
+    _, own_stats, own = deltas(token_budget=10_000, is_old_given=False)
+    assert own_stats.loss == pytest.approx(big_stats.loss, rel=1e-6)
+    for a, b in zip(own, big):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * scale)

@@ -1,0 +1,139 @@
+"""Short training runs on the real bundled model: metrics, adapters, frozen nodes, exact resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from neuromas.diagnostics import UserError
+from neuromas.runtime.adapters import attach_adapters
+from neuromas.runtime.backends.transformers import TransformersBackend
+from neuromas.runtime.checkpoint import list_checkpoints
+from neuromas.runtime.rollout import Runtime
+from neuromas.runtime.tasks import Example, Task
+from neuromas.runtime.train import METRICS_FILE, TrainSettings, start_session, train
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGINS = "tests.training.reward_plugins"
+QUESTIONS = ["What is 2 + 3?", "Name a fruit.", "What is 10 - 4?", "Spell cat."]
+TIMING = {"rollout_s", "update_s", "sync_s", "step_s"}
+
+
+@pytest.fixture
+def task() -> Task:
+    return Task("questions", [Example({"question": q}, "5", {}) for q in QUESTIONS], seed=0)
+
+
+@pytest.fixture(autouse=True)
+def plugins_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+
+
+def make_runtime(base_model, plan, seed: int = 0) -> Runtime:
+    """A Runtime on a private copy of the session's model; the adapters' random init is seeded."""
+    torch.manual_seed(seed)
+    model = attach_adapters(copy.deepcopy(base_model.model), plan)
+    return Runtime(plan, TransformersBackend(model, base_model.tokenizer))
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+def test_a_short_run_trains_the_adapters_and_logs_every_step(base_model, make_plan, task, tmp_path):
+    plan = make_plan(
+        max_tokens=6, algorithm="reinforce", reward=f"{PLUGINS}:flaky_vowel_share", frozen=("hidden[1]",), lr=1e-2,
+        group=3, batch=1,
+    )
+    runtime = make_runtime(base_model, plan)
+    before = lora_state(runtime.backend.model)
+    settings = TrainSettings(steps=2, save_every=1, keep_checkpoints=1, log_kl=True)
+    session = start_session(plan, runtime, task, settings, tmp_path, allow_code=True)
+    returned = train(session)
+
+    rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert rows == returned and [row["step"] for row in rows] == [1, 2]
+    assert [row["data_position"] for row in rows] == [1, 2]
+    for row in rows:
+        assert math.isfinite(row["loss"]) and row["grad_norm"] > 0 and row["tokens"] > 0
+        assert row["completions"] == 1 * 3 * 3  # inputs x group x nodes
+        assert row["reward_failures"] == 1  # every third reward call raises, and the run goes on
+        assert 0.0 <= row["reward_mean"] <= 1.0 and row["kl"] >= 0.0
+        assert row["ratio"] == pytest.approx(1.0, abs=1e-6)  # one pass: old log-probs are the model's own
+        assert 0 <= row["length_truncations"] <= row["completions"]
+        assert all(row[name] >= 0 for name in TIMING)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # B starts at zero: the adapters are the base
+    assert rows[1]["kl"] > 0
+
+    after = lora_state(runtime.backend.model)
+    for name in before:
+        if ".hidden_1." in name:
+            continue
+        if "lora_B" in name:
+            assert not torch.equal(before[name], after[name]), name
+    assert not any(".hidden_1." in name for name in after)  # the frozen node has no adapter
+
+    (checkpoint,) = list_checkpoints(tmp_path)  # keep_checkpoints=1 pruned step 1
+    assert checkpoint.name == "step-000002"
+    assert {p.name for p in checkpoint.iterdir()} == {"adapters", "optimizer.pt", "rng.pt", "state.json"}
+    assert {p.name for p in (checkpoint / "adapters").iterdir()} == {"hidden_0", "answer_0"}
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 2
+    assert not [p for p in checkpoint.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_resume_continues_exactly(base_model, make_plan, task, tmp_path):
+    plan = make_plan(max_tokens=4, algorithm="grpo", reward=f"{PLUGINS}:vowel_share", lr=1e-2, kl=0.05, batch=1)
+
+    straight = make_runtime(base_model, plan)
+    session = start_session(plan, straight, task, TrainSettings(steps=3), tmp_path / "straight", allow_code=True)
+    expected = train(session)
+
+    first = make_runtime(base_model, plan)
+    session = start_session(plan, first, task, TrainSettings(steps=2), tmp_path / "resumed", allow_code=True)
+    train(session)
+    second = make_runtime(base_model, plan, seed=123)  # another init: the checkpoint must override it
+    session = start_session(plan, second, task, TrainSettings(steps=3), tmp_path / "resumed", allow_code=True,
+                            resume=True)
+    assert session.state.step == 2 and session.state.data_position == 2
+    train(session)
+
+    resumed = [json.loads(line) for line in (tmp_path / "resumed" / METRICS_FILE).read_text().splitlines()]
+    assert [row["step"] for row in resumed] == [1, 2, 3]
+    strip = lambda row: {key: value for key, value in row.items() if key not in TIMING}  # noqa: E731
+    assert [strip(row) for row in resumed] == [strip(row) for row in expected]
+    assert expected[-1]["grad_norm"] > 0
+    want, got = lora_state(straight.backend.model), lora_state(second.backend.model)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[name], got[name]) for name in want)
+
+
+def test_a_used_folder_needs_resume_and_the_same_plan(base_model, make_plan, task, tmp_path):
+    plan = make_plan(max_tokens=2, reward="contains", batch=1)
+    (tmp_path / METRICS_FILE).write_text("")
+    runtime = make_runtime(base_model, plan)
+    with pytest.raises(UserError, match="--resume"):
+        start_session(plan, runtime, task, TrainSettings(steps=1), tmp_path)
+    (tmp_path / METRICS_FILE).unlink()
+    train(start_session(plan, runtime, task, TrainSettings(steps=1), tmp_path))
+    other = make_plan(max_tokens=2, reward="contains", batch=1, lr=0.5)
+    with pytest.raises(UserError, match="another plan"):
+        start_session(other, make_runtime(base_model, other), task, TrainSettings(steps=2), tmp_path, resume=True)
+    with pytest.raises(UserError, match="--seed"):
+        start_session(plan, runtime, task, TrainSettings(steps=2, seed=7), tmp_path, resume=True)
+
+
+def test_plans_that_cannot_train_are_refused(base_model, make_plan, task, tmp_path):
+    import msgspec
+
+    plan = make_plan()
+    runtime = make_runtime(base_model, plan)
+    with pytest.raises(UserError, match="no train block"):
+        start_session(msgspec.structs.replace(plan, train=None), runtime, task, TrainSettings(steps=1), tmp_path)
+    frozen = make_plan(frozen=("hidden[0]", "hidden[1]", "answer[0]"))
+    with pytest.raises(UserError, match="frozen"):
+        start_session(frozen, runtime, task, TrainSettings(steps=1), tmp_path)
