@@ -8,8 +8,8 @@ The same plan and inputs run three ways:
   (c) raw_flat       no runtime: per level, one bare `model.generate` on the prompt ids
                      that (a) rendered, rows under the same adapters by the same
                      mechanism (the upper bound for (a));
-  (d) raw_flat_peft  (c) with peft's own mixed-adapter batches (`adapter_names=`), for
-                     comparison with the stacked LoRA path the backend uses.
+  (d) raw_flat_peft  (c) with peft's own mixed-adapter batches (`adapter_names=`) and
+                     nothing else: what plain transformers + peft gives.
 Each repeat runs a, b, c, d in turn; the table shows medians. Targets on CPU for a
 width-4 system: a >= 2.5 x b and a >= 0.85 x c.
 
@@ -35,7 +35,7 @@ import torch
 import neuromas
 from neuromas.plan import Call, Level, Plan
 from neuromas.runtime import Runtime, TransformersBackend, attach_adapters, load_model
-from neuromas.runtime.backends.transformers import BASE_ADAPTER, left_pad
+from neuromas.runtime.backends.transformers import BASE_ADAPTER, contiguous_lm_head, left_pad
 from neuromas.runtime.rollout import Rollout
 
 SYSTEMS = {
@@ -112,12 +112,14 @@ def run_raw(plan: Plan, backend: TransformersBackend, rollout: Rollout, seed: in
         records = [s.records[node_id] for node_id in node_ids for per_input in rollout.samples for s in per_input]
         generation = level.calls[0].generation
         input_ids, attention_mask = left_pad([r.prompt_ids for r in records], tokenizer.pad_token_id, model.device)
-        if lora_rows == "peft":
+        if lora_rows == "peft":  # peft as it comes
             context, extra = nullcontext(), {"adapter_names": [r.adapter or BASE_ADAPTER for r in records]}
-        else:
+            head = nullcontext()
+        else:  # the backend's mechanisms, without the backend
             context, extra = backend.adapter_rows([r.adapter for r in records])
+            head = contiguous_lm_head(model)
         started, cpu_started = time.perf_counter(), time.process_time()
-        with torch.inference_mode(), context:
+        with torch.inference_mode(), context, head:
             out = model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, **extra, do_sample=True,
                 temperature=generation.temperature, top_k=0, top_p=generation.top_p,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from neuromas.diagnostics import CompileError, UserError
 
 # Each module defines `add_parser(subparsers)` and `run(args) -> int`.
-COMMANDS = ("check", "fmt", "compile", "run", "rollout", "train", "plot")
+COMMANDS = ("check", "fmt", "compile", "run", "rollout", "train", "grow", "eval", "plot")
 
 EXAMPLE = """example:
   neuromas compile specs/neuromas3.nmas

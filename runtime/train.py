@@ -46,6 +46,7 @@ from neuromas.runtime.update import (
 )
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"  # one run per step, to read what the system writes
 PLAN_FILE = "plan.json"
 CORRECT = 1.0  # a sample whose reward reaches this counts toward accuracy
 
@@ -127,6 +128,7 @@ def start_session(
             raise UserError(f"'{checkpoints[-1]}' was trained with --seed {state.seed}, not {settings.seed}")
     out.mkdir(parents=True, exist_ok=True)
     _keep_metrics_until(out / METRICS_FILE, state.step)
+    _keep_metrics_until(out / SAMPLES_FILE, state.step)
     (out / PLAN_FILE).write_text(plan.to_pretty_json())
     return TrainSession(
         plan=plan,
@@ -214,6 +216,8 @@ def train_step(session: TrainSession) -> dict[str, Any]:
     metrics["step_s"] = round(time.perf_counter() - step_started, 4)
     with (session.out / METRICS_FILE).open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(metrics) + "\n")
+    with (session.out / SAMPLES_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(sample_row(session.state.step, examples[0], answers[0], scores.rewards[0])) + "\n")
     is_last = session.state.step >= settings.steps
     if is_last or session.state.step % max(settings.save_every, 1) == 0:
         slots = [slot.name for slot in session.plan.adapters]
@@ -307,6 +311,7 @@ def metrics_row(
     update_fields = ("loss", "kl", "entropy", "clip_fraction", "ratio", "grad_norm")
     row: dict[str, Any] = {
         "step": session.state.step,
+        "stage": session.plan.stage,  # the growth stage, None without growth
         "data_position": session.state.data_position,
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std(unbiased=False).item(),  # the batch's spread, not an estimate
@@ -328,8 +333,21 @@ def metrics_row(
     return row
 
 
+def sample_row(step: int, example: Example, answer: Answer, reward: float) -> dict[str, Any]:
+    """The first run of a step as a JSON-ready row: inputs, reference, output, reward."""
+    return {
+        "step": step,
+        "inputs": example.inputs,
+        "reference": example.answer,
+        "output": answer.text,
+        "answer": answer.answer,
+        "reward": reward,
+    }
+
+
 def _keep_metrics_until(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint a run resumes from (a crash can leave some)."""
+    """Drop rows (of metrics or samples) logged after the checkpoint a run resumes from
+    (a crash can leave some)."""
     if not path.exists():
         return
     if step == 0:

@@ -67,6 +67,13 @@ class MicroBatch(NamedTuple):
     def padded_tokens(self) -> int:
         return self.input_ids.numel()
 
+    def to(self, device: torch.device) -> MicroBatch:
+        """The same micro-batch with its tensors on `device` (no copy when already there)."""
+        return self._replace(**{name: getattr(self, name).to(device) for name in _TENSOR_FIELDS})
+
+
+_TENSOR_FIELDS = ("input_ids", "attention_mask", "position_ids", "completion_ids", "completion_mask", "temperatures")
+
 
 class TokenScores(NamedTuple):
     """logprobs: (B, T) of the completion tokens, with grad when computed with grad;
@@ -160,6 +167,7 @@ def token_logprobs(model: nn.Module, batch: MicroBatch, *, use_adapters: bool = 
     """Log-probs (and entropy) of each completion token under its row's adapter, or under
     the base model for every row when `use_adapters` is False. Grad follows the caller's
     grad mode."""
+    batch = batch.to(model_device(model))
     completion_len = batch.completion_ids.shape[1]
     names = batch.adapter_names if use_adapters else [BASE_ADAPTER] * len(batch.adapter_names)
     with _fp32_output_head(model):
@@ -172,7 +180,9 @@ def token_logprobs(model: nn.Module, batch: MicroBatch, *, use_adapters: bool = 
             # The logits at column P - 1 + t predict completion token t: keep T + 1, drop the last.
             logits_to_keep=completion_len + 1,
         ).logits[:, :-1]  # (B, T, V), fp32
-    # The policy that sampled each row is softmax(logits / temperature).
+    # The policy that sampled each row is softmax(logits / temperature). Its top-p cut is
+    # left out, as is usual for policy-gradient log-probs: the sampled tokens lie inside
+    # the nucleus, and the cut has no gradient.
     logits = logits / batch.temperatures.unsqueeze(-1)  # (B, T, V)
     logprobs = selective_log_softmax(logits, batch.completion_ids)  # (B, T)
     entropy = None
@@ -187,6 +197,10 @@ def score_batches(model: nn.Module, batches: Sequence[MicroBatch], *, use_adapte
     """Log-probs of every micro-batch without grad: the old policy (adapters on, taken
     before the update) or the reference (adapters off, for the KL). Each: (B, T)."""
     return [token_logprobs(model, batch, use_adapters=use_adapters).logprobs for batch in batches]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -239,11 +253,13 @@ def update_step(
     # The normalisers cover the whole step, so the accumulated loss is the full-batch loss.
     total_tokens = int(sum(batch.completion_mask.sum().item() for batch in batches))
     total_rows = sum(len(batch.rows) for batch in batches)
+    device = model_device(model)
     optimizer.zero_grad(set_to_none=True)
     sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clipped": 0.0, "ratio": 0.0}
     for index, batch in enumerate(batches):
+        batch = batch.to(device)
         scores = token_logprobs(model, batch, with_entropy=True)
-        advantages = row_advantages[list(batch.rows)]  # (B,)
+        advantages = row_advantages[list(batch.rows)].to(device)  # (B,)
         old = scores.logprobs.detach() if old_logprobs is None else old_logprobs[index]
         terms = policy_terms(
             scores.logprobs,

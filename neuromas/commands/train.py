@@ -1,8 +1,9 @@
 """`neuromas train SPEC --task ... --steps N --out DIR`: train every node's adapter on a task's terminal reward.
 
-Writes DIR/metrics.jsonl (one row per step), DIR/plan.json and DIR/checkpoints/step-*/
-(adapters in peft's format, optimizer and RNG states); `--resume` continues the newest
-checkpoint exactly. torch loads only inside `run`.
+Writes DIR/metrics.jsonl (one row per step), DIR/samples.jsonl (one run's output per
+step), DIR/plan.json and DIR/checkpoints/step-*/ (adapters in peft's format, optimizer
+and RNG states); `--resume` continues the newest checkpoint exactly. torch loads only
+inside `run`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ tasks:
                         (fields: --question-field, --answer-field); reward: the spec's `reward`
   reasoning_gym:NAME    a reasoning_gym generator (settings: --task-option KEY=VALUE);
                         reward: its own score_answer, unless --reward names one
+
+writes: DIR/metrics.jsonl, DIR/samples.jsonl, DIR/plan.json, DIR/checkpoints/step-NNNNNN/
+        (adapters/<slot>/ load with `neuromas run SPEC --adapters DIR/checkpoints/step-NNNNNN/adapters`)
 
 exit status: 0 ok, 2 bad spec or usage, 1 runtime failure (model, data, reward code)"""
 
@@ -83,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
     make_scorer(plan.train, task, args.reward, args.allow_code)
     check_out_folder(Path(args.out), args.resume)
     _seed_everything(args.seed)  # adapters are initialised when the model loads
-    runtime = build_runtime(plan, args)
     settings = TrainSettings(
         steps=plan.train.steps,
         seed=args.seed,
@@ -92,19 +95,27 @@ def run(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep,
         log_kl=args.log_kl,
     )
-    session = start_session(
-        plan, runtime, task, settings, Path(args.out), reward=args.reward, allow_code=args.allow_code, resume=args.resume
-    )
     from tqdm import tqdm
 
-    with tqdm(total=settings.steps, initial=session.state.step, unit="step", file=sys.stderr, desc="train") as bar:
+    with tqdm(total=settings.steps, unit="step", file=sys.stderr, desc="train") as bar:
 
         def show(metrics: dict) -> None:
             loss = metrics["loss"]
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss="-" if loss is None else f"{loss:.4f}")
-            bar.update(1)
+            stage = f"{metrics['stage']} " if metrics.get("stage") else ""
+            bar.set_postfix_str(f"{stage}reward={metrics['reward_mean']:.3f} loss={'-' if loss is None else f'{loss:.4f}'}")
+            bar.update(metrics["step"] - bar.n)
 
-        train(session, on_step=show)
+        if plan.growth and args.stage is None:  # the whole growth schedule, in one run
+            from neuromas.runtime.schedule import train_with_growth
+
+            session = train_with_growth(plan, lambda stage_plan: build_runtime(stage_plan, args), task, settings,
+                                        Path(args.out), reward=args.reward, allow_code=args.allow_code,
+                                        resume=args.resume, on_step=show)
+        else:
+            session = start_session(plan, build_runtime(plan, args), task, settings, Path(args.out),
+                                    reward=args.reward, allow_code=args.allow_code, resume=args.resume)
+            bar.update(session.state.step)
+            train(session, on_step=show)
     print(f"trained {session.state.step} steps; metrics and checkpoints in {args.out}", file=sys.stderr)
     return 0
 

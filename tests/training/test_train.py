@@ -58,6 +58,8 @@ def test_a_short_run_trains_the_adapters_and_logs_every_step(base_model, make_pl
 
     rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
     assert rows == returned and [row["step"] for row in rows] == [1, 2]
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [1, 2] and samples[0]["inputs"]["question"] in QUESTIONS
     assert [row["data_position"] for row in rows] == [1, 2]
     for row in rows:
         assert math.isfinite(row["loss"]) and row["grad_norm"] > 0 and row["tokens"] > 0
@@ -137,3 +139,14 @@ def test_plans_that_cannot_train_are_refused(base_model, make_plan, task, tmp_pa
     frozen = make_plan(frozen=("hidden[0]", "hidden[1]", "answer[0]"))
     with pytest.raises(UserError, match="frozen"):
         start_session(frozen, runtime, task, TrainSettings(steps=1), tmp_path)
+
+
+def test_several_epochs_reuse_the_rollout_with_a_clipped_ratio(base_model, make_plan, task, tmp_path):
+    plan = make_plan(max_tokens=4, algorithm="rloo", reward=f"{PLUGINS}:vowel_share", lr=5e-2, clip=0.05,
+                     epochs=3, batch=1)
+    session = start_session(plan, make_runtime(base_model, plan), task, TrainSettings(steps=1), tmp_path,
+                            allow_code=True)
+    (row,) = train(session)
+    # Pass 1 starts at ratio 1; passes 2 and 3 see the adapters the earlier passes moved.
+    assert row["ratio"] != pytest.approx(1.0, abs=1e-6)
+    assert row["clip_fraction"] > 0 and math.isfinite(row["loss"])

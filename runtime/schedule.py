@@ -1,0 +1,150 @@
+"""A plan with growth stages -> one training run that grows the system at each stage's step.
+
+Stage 1 trains from scratch; when the global step reaches the next stage's
+`after_steps`, the trained model grows (kept adapters and optimizer state carried,
+new nodes initialised as the compiler says), a checkpoint of the grown system is
+written at that step, and training continues in the same run folder, with one metrics
+file whose rows name their stage. `stages.json` records when each stage started, and a
+checkpoint's plan fingerprint says which stage it belongs to, so `resume` works across
+a growth boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from neuromas.diagnostics import UserError
+from neuromas.plan import GrowthStage, Plan
+
+from .checkpoint import list_checkpoints, plan_fingerprint, save_checkpoint
+from .growth import carry_optimizer_state, grow_model
+from .rollout import Runtime
+from .tasks import Task
+from .train import TrainSession, TrainSettings, start_session, train_step
+from .update import make_optimizer, prepare_for_update
+
+STAGES_FILE = "stages.json"
+GROWTH_PLAN_FILE = "growth_plan.json"  # the whole plan, every stage: what `neuromas grow` reads
+
+RuntimeFactory = Callable[[Plan], Runtime]  # builds the runtime (model + adapters) for a stage's plan
+
+
+def stage_plans(plan: Plan) -> list[GrowthStage]:
+    """The stages with the full plan's training settings (command-line overrides included)."""
+    return [
+        msgspec.structs.replace(stage, plan=msgspec.structs.replace(stage.plan, train=plan.train))
+        for stage in plan.growth
+    ]
+
+
+def train_with_growth(
+    plan: Plan,
+    make_runtime: RuntimeFactory,
+    task: Task,
+    settings: TrainSettings,
+    out: Path,
+    *,
+    reward: str | None = None,
+    allow_code: bool = False,
+    resume: bool = False,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainSession:
+    """Train through every growth stage until `settings.steps`; returns the last session."""
+    stages = stage_plans(plan)
+    if not stages:
+        raise UserError("this spec has no growth block; train it without growth")
+    index = _resume_stage(stages, out) if resume else 0
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / GROWTH_PLAN_FILE).write_text(plan.to_pretty_json())
+    current = stages[index].plan
+    session = start_session(current, make_runtime(current), task, settings, out, reward=reward,
+                            allow_code=allow_code, resume=resume)
+    _record_stage(out, stages[index].name, session.state.step)
+    while session.state.step < settings.steps:
+        following = stages[index + 1] if index + 1 < len(stages) else None
+        if following is not None and following.after_steps is not None and session.state.step >= following.after_steps:
+            session = grow_session(session, following)
+            index += 1
+            _record_stage(out, following.name, session.state.step)
+            continue
+        metrics = train_step(session)
+        if on_step is not None:
+            on_step(metrics)
+    return session
+
+
+def grow_session(session: TrainSession, stage: GrowthStage) -> TrainSession:
+    """The session for the grown system: same model object and step, the stage's plan,
+    an optimizer holding the carried state; its checkpoint is written at once."""
+    model, origins = grow_model(session.model, session.plan, stage)
+    params = prepare_for_update(model)
+    optimizer = make_optimizer(params, stage.plan.train.lr if stage.plan.train else session.config.lr)
+    carry_optimizer_state(session.optimizer, optimizer, model, origins)
+    backend = session.runtime.backend
+    backend.model = model
+    runtime = Runtime(stage.plan, backend, seed=session.runtime.seed)
+    state = session.state._replace(plan_fingerprint=plan_fingerprint(stage.plan))
+    grown = replace(session, plan=stage.plan, runtime=runtime, model=model, optimizer=optimizer, params=params, state=state)
+    save_checkpoint(session.out, model, [slot.name for slot in stage.plan.adapters], optimizer, state)
+    (session.out / "plan.json").write_text(stage.plan.to_pretty_json())
+    return grown
+
+
+def grow_checkpoint(checkpoint: Path, plan: Plan, stage_name: str, out: Path, make_runtime: RuntimeFactory) -> Path:
+    """One growth step for people who drive training themselves: load `checkpoint` (of the
+    stage before `stage_name`), grow it, and write the grown checkpoint, at the same step,
+    and the stage's plan.json into `out`. Returns the new checkpoint folder."""
+    from .checkpoint import load_checkpoint
+
+    stages = stage_plans(plan)
+    names = [stage.name for stage in stages]
+    if stage_name not in names:
+        raise UserError(f"no growth stage {stage_name!r} (stages: {', '.join(names) or 'none'})", exit_code=2)
+    index = names.index(stage_name)
+    if index == 0:
+        raise UserError(f"'{stage_name}' is the first stage: there is nothing trained to grow it from", exit_code=2)
+    trained, stage = stages[index - 1].plan, stages[index]
+    state = json.loads((Path(checkpoint) / "state.json").read_text()) if (Path(checkpoint) / "state.json").is_file() else None
+    if state is None:
+        raise UserError(f"'{checkpoint}' is not a checkpoint folder (it has no state.json)")
+    if state["plan_fingerprint"] != plan_fingerprint(trained):
+        raise UserError(f"'{checkpoint}' was not trained from stage '{stages[index - 1].name}', the stage before '{stage_name}'")
+    runtime = make_runtime(trained)
+    model = runtime.backend.model
+    optimizer = make_optimizer(prepare_for_update(model), trained.train.lr if trained.train else 1e-4)
+    loaded = load_checkpoint(Path(checkpoint), model, [slot.name for slot in trained.adapters], optimizer)
+    model, origins = grow_model(model, trained, stage)
+    grown = make_optimizer(prepare_for_update(model), stage.plan.train.lr if stage.plan.train else 1e-4)
+    carry_optimizer_state(optimizer, grown, model, origins)
+    state_now = loaded._replace(plan_fingerprint=plan_fingerprint(stage.plan))
+    folder = save_checkpoint(Path(out), model, [slot.name for slot in stage.plan.adapters], grown, state_now)
+    (Path(out) / "plan.json").write_text(stage.plan.to_pretty_json())
+    _record_stage(Path(out), stage_name, loaded.step)
+    return folder
+
+
+def _resume_stage(stages: list[GrowthStage], out: Path) -> int:
+    """The stage the newest checkpoint belongs to (0 when there is none)."""
+    checkpoints = list_checkpoints(out)
+    if not checkpoints:
+        return 0
+    fingerprint = json.loads((checkpoints[-1] / "state.json").read_text())["plan_fingerprint"]
+    for index, stage in enumerate(stages):
+        if plan_fingerprint(stage.plan) == fingerprint:
+            return index
+    raise UserError(f"'{checkpoints[-1]}' belongs to none of this spec's growth stages: resume with the same spec and settings")
+
+
+def _record_stage(out: Path, name: str, step: int) -> None:
+    """Append (name, start step) to out/stages.json unless it is already the last entry."""
+    path = Path(out) / STAGES_FILE
+    history = json.loads(path.read_text()) if path.exists() else []
+    history = [entry for entry in history if entry["start_step"] <= step and entry["stage"] != name]
+    history.append({"stage": name, "start_step": step})
+    path.write_text(json.dumps(history, indent=2) + "\n")

@@ -1,0 +1,109 @@
+"""Training through growth stages on the real bundled model: one run, stages recorded, exact resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import neuromas
+from neuromas.runtime.adapters import attach_adapters
+from neuromas.runtime.backends.transformers import TransformersBackend
+from neuromas.runtime.checkpoint import list_checkpoints
+from neuromas.runtime.rollout import Runtime
+from neuromas.runtime.schedule import train_with_growth
+from neuromas.runtime.tasks import TaskOptions, load_task
+from neuromas.runtime.train import TrainSettings
+
+SPEC = """
+system tiny_growth {
+    adapter lora(rank = 2, alpha = 4, targets = [q_proj, v_proj])
+    input question
+    layer hidden width 1 { max_tokens 3 }
+    layer answer width 1 { max_tokens 3 }
+    hidden <- question
+    answer <- hidden dense, question
+    output answer
+    train { group 2  batch 1  lr 1e-3  reward numeric_match }
+    growth {
+        stage small {}
+        stage wide { widen hidden to 2 init copy } after 2 steps
+    }
+}
+"""
+TIMING = ("rollout_s", "update_s", "sync_s", "step_s")
+
+
+@pytest.fixture
+def task(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(4)))
+    return load_task(f"jsonl:{path}", TaskOptions(input_names=("question",)))
+
+
+def _run(loaded, task, out, steps, resume=False):
+    plan = neuromas.compile(SPEC)
+
+    def make_runtime(stage_plan):
+        torch.manual_seed(0)
+        model = attach_adapters(copy.deepcopy(loaded.model), stage_plan, base_model=loaded.source)
+        return Runtime(stage_plan, TransformersBackend(model, loaded.tokenizer, source=loaded.source), seed=0)
+
+    rows = []
+    session = train_with_growth(plan, make_runtime, task, TrainSettings(steps=steps, save_every=1, keep_checkpoints=0),
+                                out, resume=resume, on_step=rows.append)
+    return session, rows
+
+
+def _metrics(out):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_growth_run_records_stages_and_grows_at_its_step(loaded, task, tmp_path):
+    out = tmp_path / "run"
+    session, rows = _run(loaded, task, out, steps=3)
+    assert [row["stage"] for row in rows] == ["small", "small", "wide"]
+    assert json.loads((out / "stages.json").read_text()) == [
+        {"stage": "small", "start_step": 0}, {"stage": "wide", "start_step": 2}]
+    assert session.plan.stage == "wide" and len(session.plan.nodes) == 3
+    step2 = list_checkpoints(out)[1]
+    assert step2.name == "step-000002"
+    assert sorted(p.name for p in (step2 / "adapters").iterdir()) == ["node-answer-0", "node-hidden-0", "node-hidden-1"]
+    # the copy starts equal to its source at the growth step
+    source = (step2 / "adapters" / "node-hidden-0" / "adapter_model.safetensors").read_bytes()
+    copy_ = (step2 / "adapters" / "node-hidden-1" / "adapter_model.safetensors").read_bytes()
+    assert source == copy_
+
+
+def test_resume_across_the_growth_boundary_is_exact(loaded, task, tmp_path):
+    straight, _ = _run(loaded, task, tmp_path / "straight", steps=3)
+    _run(loaded, task, tmp_path / "split", steps=2)  # stops on the boundary, before growing
+    resumed, rows = _run(loaded, task, tmp_path / "split", steps=3, resume=True)
+    assert [row["stage"] for row in rows] == ["wide"]
+    assert _metrics(tmp_path / "split") == _metrics(tmp_path / "straight")
+    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        if "lora_" in name:
+            assert torch.equal(a, b), name
+
+
+def test_grow_checkpoint_matches_growing_during_training(loaded, task, tmp_path):
+    from neuromas.runtime.schedule import grow_checkpoint
+
+    _run(loaded, task, tmp_path / "straight", steps=3)
+    _run(loaded, task, tmp_path / "small", steps=2)
+    plan = neuromas.compile(SPEC)
+
+    def make_runtime(stage_plan):
+        model = attach_adapters(copy.deepcopy(loaded.model), stage_plan, base_model=loaded.source)
+        return Runtime(stage_plan, TransformersBackend(model, loaded.tokenizer, source=loaded.source))
+
+    folder = grow_checkpoint(list_checkpoints(tmp_path / "small")[-1], plan, "wide", tmp_path / "grown", make_runtime)
+    expected = tmp_path / "straight" / "checkpoints" / "step-000002" / "adapters"
+    for slot in ("node-hidden-0", "node-hidden-1", "node-answer-0"):
+        name = "adapter_model.safetensors"
+        assert (folder / "adapters" / slot / name).read_bytes() == (expected / slot / name).read_bytes(), slot
+    assert json.loads((tmp_path / "grown" / "plan.json").read_text())["stage"] == "wide"
+    with pytest.raises(neuromas.UserError, match="first stage"):
+        grow_checkpoint(folder, plan, "small", tmp_path / "again", make_runtime)
