@@ -31,6 +31,7 @@ from pathlib import Path
 
 import msgspec
 import torch
+from transformers import StaticCache
 
 import neuromas
 from neuromas.plan import Call, Level, Plan
@@ -94,11 +95,14 @@ def per_node_plan(plan: Plan) -> Plan:
     return msgspec.structs.replace(plan, levels=levels)
 
 
-def run_runtime(plan: Plan, backend: TransformersBackend, inputs: list[str], group: int, seed: int) -> tuple[dict, Rollout]:
+def run_runtime(
+    plan: Plan, backend: TransformersBackend, inputs: list[str], group: int, seed: int
+) -> tuple[dict, Rollout]:
     started, cpu_started = time.perf_counter(), time.process_time()
     rollout = Runtime(plan, backend).rollout(inputs, group=group, seed=seed)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": rollout.completion_tokens, "calls": rollout.calls}, rollout
+    result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": rollout.completion_tokens, "calls": rollout.calls}
+    return result, rollout
 
 
 def run_raw(plan: Plan, backend: TransformersBackend, rollout: Rollout, seed: int, lora_rows: str) -> dict:
@@ -115,9 +119,12 @@ def run_raw(plan: Plan, backend: TransformersBackend, rollout: Rollout, seed: in
         if lora_rows == "peft":  # peft as it comes
             context, extra = nullcontext(), {"adapter_names": [r.adapter or BASE_ADAPTER for r in records]}
             head = nullcontext()
-        else:  # the backend's mechanisms, without the backend
+        else:  # the backend's mechanisms (adapter rows, output layer, cache), without the backend
             context, extra = backend.adapter_rows([r.adapter for r in records])
             head = contiguous_lm_head(model)
+            extra["cache"] = StaticCache(
+                config=model.config.get_text_config(), max_cache_len=input_ids.shape[1] + generation.max_tokens
+            )
         started, cpu_started = time.perf_counter(), time.process_time()
         with torch.inference_mode(), context, head:
             out = model.generate(

@@ -4,7 +4,8 @@ Public API (loaded on first use, so `neuromas.runtime.data` or `.answers` stay l
 
     load_model(reference="smollm2-135m-instruct", *, dtype="auto", threads=None) -> LoadedModel
     TransformersBackend.for_plan(plan, *, model=None, dtype="auto", threads=None,
-                                 adapters_dir=None) -> TransformersBackend
+                                 adapters_dir=None, max_batch_rows=None,
+                                 lora_rows="stacked") -> TransformersBackend
     backend.generate(requests: Sequence[GenRequest], *, seed=None) -> list[GenResult]
     backend.model (the PeftModel), backend.tokenizer, backend.stats
     Runtime(plan, backend, *, seed=0).rollout(inputs, group=1, *, seed=None) -> Rollout

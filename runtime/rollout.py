@@ -239,7 +239,8 @@ def cap_max_tokens(plan: Plan, max_tokens: int) -> Plan:
     nodes = tuple(msgspec.structs.replace(node, generation=capped(node.generation)) for node in plan.nodes)
     levels = tuple(
         msgspec.structs.replace(
-            level, calls=tuple(msgspec.structs.replace(call, generation=capped(call.generation)) for call in level.calls)
+            level,
+            calls=tuple(msgspec.structs.replace(call, generation=capped(call.generation)) for call in level.calls),
         )
         for level in plan.levels
     )

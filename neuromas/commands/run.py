@@ -44,7 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """Options every command that runs a plan shares."""
-    parser.add_argument("--model", metavar="MODEL", help="bundled model name, local HF folder or hub id (default: the spec's)")
+    parser.add_argument(
+        "--model", metavar="MODEL", help="bundled model name, local HF folder or hub id (default: the spec's)"
+    )
     parser.add_argument("--group", type=int, default=1, metavar="G", help="samples per input (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")

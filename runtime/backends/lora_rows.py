@@ -70,7 +70,8 @@ def _stacked_forward(module: Any, present: Sequence[str], adapter_names: Sequenc
     dtype = module.base_layer.weight.dtype
     weights_a = [module.lora_A[name].weight for name in present]  # each (r, in)
     a_stack = torch.cat([w.float() for w in weights_a], dim=0)  # (R, in)
-    b_stack = torch.cat([module.lora_B[name].weight.float() * module.scaling[name] for name in present], dim=1)  # (out, R)
+    weights_b = [module.lora_B[name].weight.float() * module.scaling[name] for name in present]  # each (out, r)
+    b_stack = torch.cat(weights_b, dim=1)  # (out, R)
     row_mask = torch.zeros(len(adapter_names), 1, a_stack.shape[0], dtype=dtype, device=a_stack.device)
     offset = 0
     for name, weight in zip(present, weights_a):

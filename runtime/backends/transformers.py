@@ -82,13 +82,15 @@ class TransformersBackend:
         from ..adapters import adapter_folders, attach_adapters
         from ..models import load_model
 
+        # Missing adapter folders fail before the model loads.
+        folders = adapter_folders(adapters_dir, [s.name for s in plan.adapters]) if adapters_dir is not None else None
         loaded = load_model(model or plan.model, dtype=dtype, threads=threads)
         peft_model = attach_adapters(loaded.model, plan, base_model=loaded.source)
         backend = cls(
             peft_model, loaded.tokenizer, source=loaded.source, max_batch_rows=max_batch_rows, lora_rows=lora_rows
         )
-        if adapters_dir is not None:
-            backend.set_adapters(adapter_folders(adapters_dir, [slot.name for slot in plan.adapters]))
+        if folders:
+            backend.set_adapters(folders)
         return backend
 
     @property
@@ -111,7 +113,7 @@ class TransformersBackend:
             torch.manual_seed(seed)
         chunk = self.max_batch_rows or len(requests)
         was_training = self.model.training
-        self.model.eval()  # peft mixes adapters in one batch only in eval mode
+        self.model.eval()  # no dropout; and peft mixes adapters in one batch only in eval mode
         try:
             results = []
             for start in range(0, len(requests), chunk):
@@ -144,7 +146,9 @@ class TransformersBackend:
         # layer's keys and values each step (~20% of decoding at 400-token prompts on a
         # CPU). It is made here, not by `cache_implementation="static"`, which sizes it
         # to the longest call so far, so a call's result would depend on earlier calls.
-        cache = StaticCache(config=self.model.config.get_text_config(), max_cache_len=prompt_length + config.max_new_tokens)
+        cache = StaticCache(
+            config=self.model.config.get_text_config(), max_cache_len=prompt_length + config.max_new_tokens
+        )
         context, extra = self.adapter_rows([r.adapter for r in requests])
         with torch.inference_mode(), context, contiguous_lm_head(self.model):
             sequences = self.model.generate(
@@ -171,7 +175,8 @@ class TransformersBackend:
         names = [name or BASE_ADAPTER for name in adapters]
         unknown = set(names) - {BASE_ADAPTER} - set(self.model.peft_config)
         if unknown:
-            raise ValueError(f"no adapter named {', '.join(sorted(unknown))} (slots: {', '.join(self.model.peft_config)})")
+            slots = ", ".join(self.model.peft_config)
+            raise ValueError(f"no adapter named {', '.join(sorted(unknown))} (slots: {slots})")
         if self.lora_rows == "stacked" and supports_stacking(self.model, set(names) - {BASE_ADAPTER}):
             return stacked_lora_rows(self.model, names), {}
         return nullcontext(), {"adapter_names": names}

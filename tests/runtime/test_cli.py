@@ -17,8 +17,16 @@ from runtime_helpers import SPECS  # noqa: E402
 NEUROMAS3 = str(SPECS / "neuromas3.nmas")
 
 
-def test_run_prints_the_answer_and_a_trace_by_level(capsys):
-    code = main(["run", NEUROMAS3, "--input", "What is 2 + 3?", "--max-tokens", "4", "--threads", "1", "--trace"])
+def test_run_prints_the_answer_and_a_trace_by_level(capsys, loaded, tmp_path):
+    import copy
+
+    import neuromas
+    from neuromas.runtime import attach_adapters, save_adapters
+
+    # A local model folder (the converted bundled one) and saved adapters, as users pass them.
+    save_adapters(attach_adapters(copy.deepcopy(loaded.model), neuromas.compile(NEUROMAS3)), tmp_path)
+    code = main(["run", NEUROMAS3, "--input", "What is 2 + 3?", "--max-tokens", "4", "--threads", "1", "--trace",
+                 "--model", loaded.source, "--adapters", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
     lines = out.splitlines()
@@ -77,6 +85,11 @@ def test_bundled_model_without_its_package(monkeypatch, tmp_path, capsys):
 def test_local_folder_without_config_is_refused(tmp_path, capsys):
     code = main(["run", NEUROMAS3, "--input", "hi", "--model", str(tmp_path)])
     assert code == 1 and "has no config.json" in capsys.readouterr().err
+
+
+def test_missing_adapters_folder_is_refused(tmp_path, capsys):
+    code = main(["run", NEUROMAS3, "--input", "hi", "--adapters", str(tmp_path / "none"), "--threads", "1"])
+    assert code == 1 and "adapter folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
