@@ -107,7 +107,7 @@ def start_session(
         raise UserError("the spec has no train block: add `train { algorithm grpo ... }` to train it")
     if not plan.adapters:
         raise UserError("every node of this system is frozen: there is no adapter to train")
-    score = make_scorer(plan.train, task, reward, allow_code)
+    score = make_scorer(plan.train.reward, task, reward, allow_code)
     model = runtime.backend.model
     slots = [slot.name for slot in plan.adapters]
     out = Path(out)
@@ -232,7 +232,7 @@ def rollout_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
-def make_scorer(config: Train, task: Task, reward: str | None, allow_code: bool) -> AnswerScorer:
+def make_scorer(plan_reward: str, task: Task, reward: str | None, allow_code: bool) -> AnswerScorer:
     """The step's reward of one run's answer (the plan's first output).
 
     A task with its own scorer (reasoning_gym) gets the answer extracted with the
@@ -246,7 +246,7 @@ def make_scorer(config: Train, task: Task, reward: str | None, allow_code: bool)
             return task_scorer(answer.answer if answer.answer is not None else answer.text, example)
 
         return score_extracted
-    function = load_reward(reward or config.reward, allow_code=allow_code)
+    function = load_reward(reward or plan_reward, allow_code=allow_code)
 
     def score_text(answer: Answer, example: Example) -> float:
         return function(answer.text, example.answer)

@@ -88,13 +88,8 @@ def checkpoint_adapters(path: Path) -> Path:
 def _scorer(plan, task, args):
     from neuromas.runtime.train import make_scorer
 
-    if plan.train is not None:
-        return make_scorer(plan.train, task, args.reward, args.allow_code)
-    from neuromas.plan import Train
-
-    default = Train(algorithm="grpo", group=1, lr=1e-4, kl=0.0, clip=0.2, reward="exact_match",
-                    loss_norm="token", grad_clip=1.0, batch=1, steps=1, epochs=1)
-    return make_scorer(default, task, args.reward, args.allow_code)
+    plan_reward = plan.train.reward if plan.train is not None else "exact_match"
+    return make_scorer(plan_reward, task, args.reward, args.allow_code)
 
 
 def _read(path: str):

