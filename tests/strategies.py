@@ -625,5 +625,9 @@ def _init(draw: Any, pool: Net, default: str) -> str:
         return f" init {kind}" if default in pool.widths else " init zero"
     layer = draw(st.sampled_from(list(pool.widths)))
     if kind == "copy" and draw(st.booleans()):
-        return f" init copy {layer}[{draw(st.integers(0, pool.widths[layer] - 1))}]"
+        # a named node must have a trained adapter: one whose text reaches an output
+        reached = reaching(pool, node_reads(pool))
+        kept = [node for node in (f"{layer}[{i}]" for i in range(pool.widths[layer])) if node in reached]
+        if kept:
+            return f" init copy {draw(st.sampled_from(kept))}"
     return f" init {kind} {layer}"
