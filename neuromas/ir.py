@@ -93,7 +93,7 @@ class Edge(IRModel):
 class Output(IRModel):
     layer: str
     vote: bool = False  # majority vote over the layer's answers (self-consistency)
-    answer_format: str | None = None
+    answer_format: Literal["text", "number", "choice"] | None = None  # how the answer is read
 
 
 class Train(IRModel):

@@ -24,6 +24,7 @@ TRAIN_SETTINGS = tuple(ir.Train.model_fields)
 LORA_ARGUMENTS = tuple(ir.Lora.model_fields)
 PATTERNS = ("dense", "one_to_one", "window", "random")
 INIT_KINDS = ("copy", "mean", "zero")
+ANSWER_FORMATS = ("text", "number", "choice")  # how the answer node's text is read (runtime/answers.py)
 
 
 class SpanIndex:
@@ -323,7 +324,12 @@ class _Lowering:
             self.error(decl.ref.span, "an output names a layer, not a node", f"write 'output {decl.ref.layer_text}'")
         data: dict[str, Any] = {"layer": decl.ref.layer_text, "vote": decl.is_vote}
         if decl.answer_format is not None:
-            data["answer_format"] = decl.answer_format.value
+            kind = decl.answer_format.value
+            if kind not in ANSWER_FORMATS:
+                hint = did_you_mean(kind, ANSWER_FORMATS) or f"formats: {quoted(ANSWER_FORMATS)}"
+                self.error(decl.answer_format.span, f"unknown answer format '{kind}'", hint)
+            else:
+                data["answer_format"] = kind
         return data
 
     # growth ------------------------------------------------------------------------------

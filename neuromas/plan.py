@@ -175,6 +175,11 @@ class Plan(_Struct, kw_only=True):
         known = ", ".join(stage.name for stage in self.growth) or "none"
         raise KeyError(f"no growth stage {name!r} (stages: {known})")
 
+    def with_answer_format(self, answer_format: str) -> Plan:
+        """This plan with every output's answer read as `answer_format` (text, number, choice)."""
+        outputs = tuple(msgspec.structs.replace(output, answer_format=answer_format) for output in self.outputs)
+        return msgspec.structs.replace(self, outputs=outputs)
+
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)
 

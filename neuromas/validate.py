@@ -9,9 +9,45 @@ from neuromas.passes.assign_levels import CycleError, node_levels
 from neuromas.passes.prune_unreachable import reaching_outputs
 
 
+MAX_NODES = 1_000_000  # far beyond any system a model can run: a larger one is a typo
+MAX_EDGES = 10_000_000
+
+
 def check_system(system: ir.System, spans: SpanIndex) -> list[Diagnostic]:
-    """Layer-level rules; every problem is collected, none stops the others."""
-    return _SystemCheck(system, spans).run()
+    """Layer-level rules; every problem is collected, none stops the others (except a
+    system too large to expand, which is reported alone)."""
+    return check_size(system, spans) or _SystemCheck(system, spans).run()
+
+
+def check_size(system: ir.System, spans: SpanIndex) -> list[Diagnostic]:
+    """Refuse, before anything is expanded, a system with more than MAX_NODES nodes or
+    (at most) MAX_EDGES edges."""
+    nodes = sum(layer.width * (layer.repeat or 1) for layer in system.layers)
+    if nodes > MAX_NODES:
+        largest = max(range(len(system.layers)), key=lambda i: system.layers[i].width * (system.layers[i].repeat or 1))
+        return [Diagnostic(spans.find(("layers", largest)), f"this system would have {nodes:,} nodes; the limit is {MAX_NODES:,}",
+                           "check the width and repeat of this layer")]
+    widths = {name: layer.width for layer in system.layers for name in (layer.name, *ir.layer_names(layer))}
+    counts = {("edges", i): _edges_at_most(edge.pattern, widths.get(edge.target.name, 1), widths.get(edge.source.name, 1),
+                                           edge.target.index, edge.source.index) for i, edge in enumerate(system.edges)}
+    counts |= {("layers", i): (layer.repeat - 1) * _edges_at_most(layer.chain, layer.width, layer.width, None, None)
+               for i, layer in enumerate(system.layers) if layer.repeat is not None and layer.chain is not None}
+    edges = sum(counts.values())
+    if edges > MAX_EDGES:
+        largest = max(counts, key=counts.__getitem__)
+        return [Diagnostic(spans.find(largest), f"this system could have {edges:,} edges, {counts[largest]:,} of them here; the limit is {MAX_EDGES:,}",
+                           "connect wide layers with one_to_one, window(k) or random(p) instead of dense")]
+    return []
+
+
+def _edges_at_most(pattern: ir.Pattern, target: int, source: int, target_index: int | None, source_index: int | None) -> int:
+    target = 1 if target_index is not None else target
+    source = 1 if source_index is not None else source
+    if pattern.kind == "one_to_one":
+        return target
+    if pattern.kind == "window":
+        return target * min(source, 2 * (pattern.k or 1) - 1)
+    return target * source
 
 
 class _SystemCheck:

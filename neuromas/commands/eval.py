@@ -9,6 +9,7 @@ from pathlib import Path
 from neuromas.commands.run import add_runtime_options, build_runtime, load_plan
 from neuromas.commands.task_options import TASK_HELP, add_task_options, task_from_args
 from neuromas.diagnostics import UserError
+from neuromas.lower import ANSWER_FORMATS
 
 HELD_OUT_SEED = 1_000  # default data seed: examples other than training's (seed 0)
 
@@ -34,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=int, default=8, metavar="B", help="questions per rollout (default: 8)")
     parser.add_argument("--checkpoint", metavar="DIR", help="trained adapters: a run folder (its newest checkpoint) or a checkpoint folder")
     parser.add_argument("--data-seed", type=int, default=HELD_OUT_SEED, metavar="S", help=f"task seed (default: {HELD_OUT_SEED})")
+    parser.add_argument("--answer-format", choices=ANSWER_FORMATS,
+                        help="how the final answer is read (default: the spec's output format)")
     parser.add_argument("--out", metavar="FILE", help="write the result as JSON")
     parser.add_argument("--compare", nargs="+", metavar="RESULT", help="print these eval JSON files side by side (no SPEC)")
     add_task_options(parser, required=False)
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         args.adapters = str(checkpoint_adapters(Path(args.checkpoint)))
     plan = load_plan(args)
+    if args.answer_format is not None:
+        plan = plan.with_answer_format(args.answer_format)
     task = task_from_args(args, plan.inputs, args.data_seed)
     runtime = build_runtime(plan, args)
     score = _scorer(plan, task, args)
