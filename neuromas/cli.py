@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from neuromas.diagnostics import CompileError, UserError
 
 # Each module defines `add_parser(subparsers)` and `run(args) -> int`.
-COMMANDS = ("check", "fmt", "compile", "run", "rollout", "train", "grow", "eval", "plot")
+COMMANDS = ("check", "fmt", "compile", "run", "rollout", "train", "grow", "eval", "plot", "report")
 
 EXAMPLE = """example:
   neuromas compile specs/neuromas3.nmas
@@ -47,6 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except Exception as err:  # out of memory, a full disk: mapped to what to do, or re-raised
+        from neuromas.runtime.failures import explain
+
+        mapped = explain(err, args.command, vars(args))
+        if mapped is None or args.debug:
+            raise
+        print(f"error: {mapped}", file=sys.stderr)
+        return mapped.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

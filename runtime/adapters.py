@@ -78,11 +78,16 @@ def save_adapters(model: Any, root: Path, slots: Iterable[str] | None = None) ->
     return folders
 
 
-def adapter_folders(root: Path, slots: Iterable[str]) -> dict[str, Path]:
-    """The saved folder of every slot under `root`; raises UserError naming the missing ones."""
+def adapter_folders(root: Path, slots: Iterable[str], lora: Lora | None = None) -> dict[str, Path]:
+    """The saved folder of every slot under `root`; raises UserError naming the missing
+    ones and, given the plan's `lora`, any folder saved with other LoRA settings (checked
+    before any model or weight loads)."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"adapter folder '{root}' does not exist")
+        raise UserError(
+            f"adapter folder '{root}' does not exist\n"
+            "  fix: pass the adapters folder of a trained run (a checkpoint's adapters/, holding <slot>/)"
+        )
     slots = list(slots)
     folders = {name: root / name for name in slots}
     missing = [name for name, folder in folders.items() if not (folder / WEIGHTS_FILE).is_file()]
@@ -90,16 +95,21 @@ def adapter_folders(root: Path, slots: Iterable[str]) -> dict[str, Path]:
         found = sorted(path.name for path in root.iterdir() if (path / WEIGHTS_FILE).is_file())
         raise UserError(
             f"'{root}' has no saved adapter for slot(s) {', '.join(missing)} "
-            f"(found: {', '.join(found) or 'none'}; each slot needs {{slot}}/{WEIGHTS_FILE})"
+            f"(found: {', '.join(found) or 'none'}; each slot needs {{slot}}/{WEIGHTS_FILE})\n"
+            "  fix: use adapters trained from this spec (the slots are its adapter names), or the spec they came from"
         )
+    if lora is not None:
+        for name, folder in folders.items():
+            check_adapter_config(folder, name, lora_settings(lora))
     return folders
 
 
 def load_adapters(model: Any, folders: Mapping[str, Path]) -> None:
     """Load saved weights into existing slots of a PeftModel, in place.
 
-    Raises UserError when a folder's rank, alpha or targets differ from the slot's, or
-    when its weights do not cover the slot's LoRA layers.
+    Raises UserError when a folder's LoRA settings (rank, alpha, targets) differ from the
+    slot's, checked before its weights load, or when its weights do not cover the slot's
+    LoRA layers.
     """
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -107,7 +117,7 @@ def load_adapters(model: Any, folders: Mapping[str, Path]) -> None:
     for name, folder in folders.items():
         if name not in getattr(model, "peft_config", {}):
             raise UserError(f"the model has no adapter slot '{name}' to load '{folder}' into")
-        _check_config_matches(model.peft_config[name], Path(folder), name)
+        check_adapter_config(Path(folder), name, lora_settings(model.peft_config[name]))
         state = load_file(str(Path(folder) / WEIGHTS_FILE))
         result = set_peft_model_state_dict(model, state, adapter_name=name)
         unexpected = [key for key in result.unexpected_keys if "lora_" in key]
@@ -115,24 +125,65 @@ def load_adapters(model: Any, folders: Mapping[str, Path]) -> None:
         missing = sorted(expected & set(result.missing_keys))
         if unexpected or missing:
             raise UserError(
-                f"adapter '{folder}' does not fit slot '{name}': "
-                f"{len(missing)} missing and {len(unexpected)} unexpected LoRA weights"
+                f"adapter slot '{name}': the weights in '{Path(folder) / WEIGHTS_FILE}' do not fit it "
+                f"({len(missing)} missing and {len(unexpected)} unexpected LoRA weights: another base model?)\n"
+                "  fix: load adapters trained on this spec's base model"
             )
 
 
-def _check_config_matches(config: Any, folder: Path, name: str) -> None:
+def lora_settings(lora: Lora | Any) -> dict[str, Any]:
+    """The settings a saved adapter must share with its slot, from a plan's Lora or a
+    peft LoraConfig: they decide the weights' shapes and how they are applied."""
+    if isinstance(lora, Lora):
+        return {"rank": lora.rank, "alpha": float(lora.alpha), "targets": sorted(lora.targets),
+                "use_dora": False, "use_rslora": False}
+    return _settings_of(vars(lora))
+
+
+def check_adapter_config(folder: Path, slot: str, expected: Mapping[str, Any]) -> None:
+    """Raise UserError naming the slot, the file, and each setting whose saved value
+    differs from `expected` (see `lora_settings`)."""
+    path = Path(folder) / CONFIG_FILE
     try:
-        saved = json.loads((folder / CONFIG_FILE).read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError(f"expected a JSON object, got {type(saved).__name__}")
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot read '{folder / CONFIG_FILE}': {err}") from None
-    ours = {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}
-    theirs = {
-        "r": saved.get("r"),
-        "lora_alpha": saved.get("lora_alpha"),
-        "target_modules": sorted(saved.get("target_modules") or []),
+        raise UserError(
+            f"adapter slot '{slot}': cannot read '{path}': {err}\n"
+            "  fix: every saved slot needs the adapter_config.json peft writes next to its weights"
+        ) from None
+    found = _settings_of(saved)
+    differ = [name for name in expected if found.get(name) != expected[name]]
+    if differ:
+        details = "; ".join(
+            f"{name}: expected {_show(expected[name])}, found {_show(found.get(name))}" for name in differ
+        )
+        raise UserError(
+            f"adapter slot '{slot}': '{path}' was saved with other LoRA settings ({details})\n"
+            "  fix: load adapters trained from this spec, or set the spec's `adapter lora(...)` to the values found"
+        )
+
+
+def _settings_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """lora_settings of a peft config, as a dict (adapter_config.json) or LoraConfig's vars."""
+    targets = config.get("target_modules") or []
+    alpha = config.get("lora_alpha")
+    return {
+        "rank": config.get("r"),
+        "alpha": float(alpha) if isinstance(alpha, (int, float)) else alpha,
+        "targets": sorted(targets) if not isinstance(targets, str) else targets,  # a str is a regex
+        "use_dora": bool(config.get("use_dora", False)),
+        "use_rslora": bool(config.get("use_rslora", False)),
     }
-    if ours != theirs:
-        raise UserError(f"adapter '{folder}' was saved with {theirs}, but slot '{name}' uses {ours}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return json.dumps(value) if isinstance(value, (bool, str)) or value is None else str(value)
 
 
 def _check_targets(model: Any, lora: Lora) -> None:

@@ -1,9 +1,11 @@
-"""Training state -> checkpoint folders written atomically, and back.
+"""Training state -> checkpoint folders written atomically and verified on load, and back.
 
 A checkpoint is `<out>/checkpoints/step-000012/`: `adapters/<slot>/` in peft's format,
-`optimizer.pt`, `rng.pt` (python and torch generator states) and `state.json` (step,
-data position, seed, plan fingerprint). It is written under a temporary name and
-renamed into place, so a folder named `step-*` is always complete.
+`optimizer.pt`, `rng.pt` (python and torch generator states), `state.json` (step,
+data position, seed, plan fingerprint) and, written last, `manifest.json` (every other
+file's relative path, size and sha256). It is written under a temporary name (`.step-*`),
+flushed to disk and renamed into place, so a folder named `step-*` is complete unless the
+disk altered it later; loading checks it against its manifest.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from neuromas.runtime.adapters import adapter_folders, load_adapters, save_adapt
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+REJECTED = "rejected"  # checkpoints a resume skipped are moved here, for the user to inspect
+_REPLACED = ".replaced-"  # an older checkpoint of the same step, while its successor moves in
 
 
 class TrainState(NamedTuple):
@@ -38,6 +44,13 @@ class TrainState(NamedTuple):
     plan_fingerprint: str
 
 
+class Skipped(NamedTuple):
+    """A checkpoint that failed verification, and why."""
+
+    path: Path
+    reason: str
+
+
 def plan_fingerprint(plan: Plan) -> str:
     """The plan's content hash with `train.steps` left out: a resumed run may go further."""
     if plan.train is not None:
@@ -48,32 +61,126 @@ def plan_fingerprint(plan: Plan) -> str:
 def save_checkpoint(out: Path, model: Any, slots: list[str], optimizer: torch.optim.Optimizer, state: TrainState) -> Path:
     """Write a checkpoint for `state.step` atomically and return its folder (an older
     checkpoint of the same step is replaced)."""
-    root = Path(out) / CHECKPOINTS
+    final = checkpoint_path(out, state.step)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{state.step:06d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     try:
         save_adapters(model, staging / "adapters", slots)
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, staging / "rng.pt")
         (staging / "state.json").write_text(json.dumps(state._asdict(), indent=2) + "\n")
+        write_manifest(staging)
         _fsync_tree(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        _move_into_place(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
 
 
+def checkpoint_path(out: Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives under the run folder `out`."""
+    return Path(out) / CHECKPOINTS / f"{PREFIX}{step:06d}"
+
+
+def write_manifest(folder: Path) -> Path:
+    """Record every file under `folder` (path, size, sha256) in `folder/manifest.json`."""
+    folder = Path(folder)
+    files = [_describe(path, folder) for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST]
+    manifest = folder / MANIFEST
+    manifest.write_text(json.dumps({"version": MANIFEST_VERSION, "files": files}, indent=2) + "\n")
+    return manifest
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Check every file of a checkpoint against its manifest; raises UserError naming the
+    checkpoint and the first missing, resized or altered file."""
+    path = Path(path)
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise UserError(
+            f"checkpoint '{path}' has no {MANIFEST}, so it cannot be verified (it was not completed by "
+            "`neuromas train`, or an older version wrote it): resume from a verified checkpoint or start a new --out"
+        )
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+        listed = [(entry["path"], int(entry["size"]), str(entry["sha256"])) for entry in entries]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(
+            f"checkpoint '{path}' has an unreadable {MANIFEST} ({err}): it was damaged after it was written"
+        ) from None
+    if not any(name == "state.json" for name, _, _ in listed):
+        raise UserError(f"checkpoint '{path}': {MANIFEST} does not list state.json, so it is not a training checkpoint")
+    for name, size, digest in listed:
+        file = path / name
+        if not file.is_file():
+            raise UserError(f"checkpoint '{path}' is missing '{name}' (listed in its {MANIFEST})")
+        found = file.stat().st_size
+        if found != size:
+            raise UserError(
+                f"checkpoint '{path}': '{name}' has {found} bytes, its {MANIFEST} says {size} (truncated or altered)"
+            )
+        if _sha256(file) != digest:
+            raise UserError(f"checkpoint '{path}': '{name}' does not match the sha256 in its {MANIFEST} (corrupted)")
+
+
 def list_checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoint folders under `out`, oldest first."""
+    """Checkpoint folders under `out` (complete when written; see `verify_checkpoint`), oldest first."""
     root = Path(out) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = [path for path in root.iterdir() if path.is_dir() and path.name.startswith(PREFIX)]
     return sorted(found, key=lambda path: path.name)
+
+
+def newest_verified(out: Path) -> tuple[Path | None, list[Skipped]]:
+    """The newest checkpoint under `out` that passes `verify_checkpoint` (None if none does),
+    and the newer ones that failed, newest first, with the reason."""
+    skipped = []
+    for path in reversed(list_checkpoints(out)):
+        try:
+            verify_checkpoint(path)
+        except UserError as err:
+            skipped.append(Skipped(path, str(err)))
+            continue
+        return path, skipped
+    return None, skipped
+
+
+def reject_checkpoint(path: Path) -> Path:
+    """Move a checkpoint that failed verification to `checkpoints/rejected/`, out of the
+    run's history (a resumed run rewrites its step), and return its new place."""
+    path = Path(path)
+    folder = path.parent / REJECTED
+    folder.mkdir(exist_ok=True)
+    target = folder / path.name
+    number = 1
+    while target.exists():
+        number += 1
+        target = folder / f"{path.name}-{number}"
+    os.rename(path, target)
+    _fsync_dir(path.parent)
+    return target
+
+
+def clean_checkpoints(out: Path) -> None:
+    """Tidy what a crash can leave under `out/checkpoints`: delete unfinished `.step-*`
+    staging folders, and put back an older checkpoint whose replacement never arrived.
+    Call it only when no other process writes to `out`."""
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir()):
+        if path.name.startswith(_REPLACED):
+            final = root / path.name[len(_REPLACED):].split(".")[0]
+            if final.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.rename(path, final)
+        elif path.name.startswith(f".{PREFIX}"):
+            shutil.rmtree(path, ignore_errors=True)
+    _fsync_dir(root)
 
 
 def prune_checkpoints(out: Path, keep: int) -> None:
@@ -85,24 +192,65 @@ def prune_checkpoints(out: Path, keep: int) -> None:
 
 
 def load_checkpoint(path: Path, model: Any, slots: list[str], optimizer: torch.optim.Optimizer) -> TrainState:
-    """Restore adapters, optimizer and RNG states from a checkpoint folder; returns its
-    TrainState. Raises UserError for a folder that is not a complete checkpoint."""
+    """Verify a checkpoint folder, then restore adapters, optimizer and RNG states from it;
+    returns its TrainState. Raises UserError for a folder that is not a complete checkpoint."""
     path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"checkpoint '{path}' does not exist")
+    verify_checkpoint(path)
     try:
         state = TrainState(**json.loads((path / "state.json").read_text()))
     except (OSError, ValueError, TypeError) as err:
         raise UserError(f"'{path}' is not a readable checkpoint: {err}") from None
     load_adapters(model, adapter_folders(path / "adapters", slots))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)  # python's state is a tuple; our own file
+    rng = torch.load(path / "rng.pt", weights_only=False)  # python's state is a tuple; verified, our own file
     random.setstate(rng["python"])
     torch.set_rng_state(rng["torch"])
     return state
 
 
+def _move_into_place(staging: Path, final: Path) -> None:
+    """Rename `staging` to `final` and flush the directory entry. An existing `final` is
+    first moved aside, so a crash in between leaves it for `clean_checkpoints` to restore."""
+    aside = None
+    if final.exists():
+        aside = final.parent / f"{_REPLACED}{final.name}.{os.getpid()}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(final, aside)
+    os.rename(staging, final)
+    _fsync_dir(final.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _describe(path: Path, folder: Path) -> dict[str, Any]:
+    return {"path": path.relative_to(folder).as_posix(), "size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _fsync_tree(folder: Path) -> None:
-    """Flush every file to disk before the rename makes the checkpoint visible."""
+    """Flush every file, then every folder entry, to disk before the rename makes the
+    checkpoint visible."""
     for path in folder.rglob("*"):
         if path.is_file():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
+    for path in [*(p for p in folder.rglob("*") if p.is_dir()), folder]:
+        _fsync_dir(path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename or a new file) to disk."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -27,17 +27,28 @@ class DataRecord(NamedTuple):
 
 def read_records(path: str | Path, input_names: Sequence[str]) -> list[DataRecord]:
     """Read every record of `path`; raises UserError for an unreadable file, a bad line
-    (invalid JSON, not an object, a missing or non-text input field) or no records."""
+    (invalid JSON, not an object, a missing or non-text input field), a truncated last
+    line or no records. Lines end at "\n" (or "\r\n")."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise UserError(f"cannot read data file '{path}': {reason}") from None
+    # JSON text may hold U+2028 and other characters str.splitlines() breaks at: split at "\n" only.
+    lines = text.split("\n")
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            records.append(parse_line(line, input_names, f"{path}:{number}", number))
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        if number == len(lines) and not _is_json(line):  # the last line, without its newline
+            raise UserError(
+                f"{where}: the last line is not valid JSON and has no newline at its end: "
+                f"the file looks truncated (cut off while it was written or copied)\n"
+                f"  fix: write or copy '{path}' again, or delete its last line"
+            )
+        records.append(parse_line(line, input_names, where, number))
     if not records:
         raise UserError(f"data file '{path}' has no records (expected one JSON object per line)")
     return records
@@ -48,7 +59,10 @@ def parse_line(line: str, input_names: Sequence[str], where: str, number: int = 
     try:
         value = json.loads(line)
     except json.JSONDecodeError as err:
-        raise UserError(f"{where}: not valid JSON: {err.msg} (column {err.colno})") from None
+        raise UserError(
+            f"{where}: not valid JSON: {err.msg} (column {err.colno})\n"
+            f"  fix: make every line one JSON object, like {_example(input_names)}"
+        ) from None
     if not isinstance(value, dict):
         raise UserError(f"{where}: expected a JSON object like {_example(input_names)}, got {type(value).__name__}")
     return DataRecord(number, input_values(value, input_names, where), value)
@@ -71,6 +85,14 @@ def input_values(record: dict[str, Any], input_names: Sequence[str], where: str)
             raise UserError(f"{where}: field '{key}' must be text, got {type(value).__name__}")
         values[name] = str(value)
     return values
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _example(input_names: Sequence[str]) -> str:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from neuromas.diagnostics import UserError
+from neuromas.diagnostics import UserError, did_you_mean
 from neuromas.runtime.sandbox import Limits, Outcome, run_python
 
 DEFAULT_LIMITS = Limits(timeout_s=5.0, memory_mb=1024)
+LIMIT_SETTINGS = ("timeout_s", "memory_mb", "file_mb")  # --task-option names for the sandbox limits
 QUESTION = (
     "Complete this Python function. Reply with the whole function, and any imports it "
     "needs, in one ```python code block.\n\n```python\n{prompt}```"
@@ -95,8 +96,11 @@ class HumanEvalTask:
         if not 0 <= n <= len(ids):
             raise ValueError(f"HumanEval has {len(ids)} problems, cannot take {n}")
         chosen = ids[:n] if seed is None else random.Random(seed).sample(ids, n)
-        return [{"id": task_id, "question": QUESTION.format(prompt=self.problems[task_id].prompt),
-                 "answer": task_id} for task_id in chosen]
+        return [self.example(task_id) for task_id in chosen]
+
+    def example(self, task_id: str) -> dict[str, str]:
+        """One problem as {"id", "question", "answer"} (see `examples`)."""
+        return {"id": task_id, "question": QUESTION.format(prompt=self.problems[task_id].prompt), "answer": task_id}
 
     def check(self, answer_text: str, example: Mapping[str, Any]) -> Outcome:
         """Run the code in `answer_text` against the tests of the example's problem."""
@@ -110,6 +114,42 @@ class HumanEvalTask:
     def score(self, answer_text: str, example: Mapping[str, Any]) -> float:
         """1.0 when the answer passes every test of its problem, else 0.0."""
         return float(self.check(answer_text, example).passed)
+
+
+def select_problems(selection: str, task_ids: Sequence[str]) -> list[str]:
+    """The task ids a selection names: "all", or problem numbers and inclusive ranges
+    separated by commas ("0-19,40"), in the order written, each once. Raises UserError."""
+    if selection == "all":
+        return list(task_ids)
+    chosen: dict[str, None] = {}
+    for part in selection.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise UserError(f"humaneval:{selection}: expected 'all' or problem numbers and ranges like 0-19,40; "
+                            f"got {part!r}", exit_code=2)
+        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+        if first > last or last >= len(task_ids):
+            raise UserError(f"humaneval:{selection}: {part.strip()!r} is not a range within 0-{len(task_ids) - 1}",
+                            exit_code=2)
+        chosen.update(dict.fromkeys(task_ids[first : last + 1]))
+    return list(chosen)
+
+
+def limits_from_settings(settings: Mapping[str, object]) -> Limits:
+    """The sandbox limits, DEFAULT_LIMITS changed by `timeout_s`, `memory_mb` and `file_mb`
+    settings; raises UserError for another name or a value that is not a positive number."""
+    changes: dict[str, float | int] = {}
+    for key, value in settings.items():
+        if key not in LIMIT_SETTINGS:
+            hint = did_you_mean(key, LIMIT_SETTINGS)
+            raise UserError(f"humaneval takes the settings {', '.join(LIMIT_SETTINGS)}; unknown: {key!r}"
+                            + (f"; {hint}" if hint else ""), exit_code=2)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not is_number or value <= 0 or (key != "timeout_s" and not float(value).is_integer()):
+            kind = "seconds" if key == "timeout_s" else "a whole number of MiB"
+            raise UserError(f"humaneval setting {key}={value!r}: expected a positive number ({kind})", exit_code=2)
+        changes[key] = float(value) if key == "timeout_s" else int(value)
+    return replace(DEFAULT_LIMITS, **changes)
 
 
 def _defines(code: str, name: str) -> bool:

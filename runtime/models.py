@@ -70,12 +70,18 @@ def resolve_model(reference: str) -> str:
                 f"  fix: point --model at a folder written by save_pretrained, or use '{DEFAULT_MODEL}'"
             )
         return str(path)
-    if _looks_like_hub_id(reference) and not path.exists():
+    if path.exists():
+        raise UserError(
+            f"model '{reference}' is a file, not a folder: a local model is a Hugging Face folder "
+            "(config.json, weights, tokenizer files)\n"
+            f"  fix: point --model at the folder that holds it, or use '{DEFAULT_MODEL}'"
+        )
+    if _looks_like_hub_id(reference):
         return reference
     bundled = ", ".join(f"'{name}'" for name in BUNDLED)
     raise UserError(
         f"model '{reference}' not found: it is not a bundled model ({bundled}), "
-        f"not a local folder ('{path}' does not exist) and not a hub id (owner/name)\n"
+        f"not a local folder ('{path.absolute()}' does not exist) and not a hub id (owner/name)\n"
         f"  fix: pass --model with one of those, e.g. --model {DEFAULT_MODEL}"
     )
 
@@ -98,15 +104,58 @@ def load_model(reference: str = DEFAULT_MODEL, *, dtype: str = "auto", threads: 
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except OSError as err:
-        raise UserError(
-            f"could not load model '{reference}' from '{source}': {err}\n"
-            "  fix: check the folder or hub id, or download the model first"
-        ) from None
+        raise load_error(reference, source, err) from None
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
     prepare_tokenizer(tokenizer)
     return LoadedModel(model, tokenizer, source)
+
+
+def load_error(reference: str, source: str, err: OSError) -> UserError:
+    """Why `source` did not load, told apart by the hub error behind transformers' OSError:
+    no hub access (and not cached), no such hub model, a gated one, or a broken folder."""
+    causes = {type(cause).__name__ for cause in _causes(err)}
+    bundled = f"the bundled '{DEFAULT_MODEL}' (no network needed)"
+    if Path(source).is_dir():
+        return UserError(
+            f"could not load model '{reference}' from the folder '{source}': {err}\n"
+            "  fix: the folder needs config.json, the weights (*.safetensors) and the tokenizer files, "
+            f"as save_pretrained writes them; or use {bundled}"
+        )
+    if "LocalEntryNotFoundError" in causes or "OfflineModeIsEnabled" in causes:
+        return UserError(
+            f"model '{reference}' is a hub id, but the Hugging Face hub cannot be reached from here "
+            f"(no network, or HF_HUB_OFFLINE is set) and it is not in the local cache; "
+            f"there is no local folder '{Path(reference).absolute()}' either\n"
+            "  fix: connect to the network once to download it, or download it on another machine and "
+            f"pass its folder (--model PATH), or use {bundled}"
+        )
+    if "GatedRepoError" in causes:
+        return UserError(
+            f"model '{reference}' is gated on the hub: accept its terms on https://huggingface.co/{reference}\n"
+            "  fix: log in with `hf auth login` (or set HF_TOKEN) with an account that has access"
+        )
+    if "RepositoryNotFoundError" in causes:
+        return UserError(
+            f"model '{reference}' is neither a local folder nor a model on the hub\n"
+            "  fix: check the spelling (owner/name), log in (`hf auth login`) for a private model, "
+            f"pass a local folder, or use {bundled}"
+        )
+    return UserError(
+        f"could not load model '{reference}' from '{source}': {err}\n"
+        f"  fix: check the folder or hub id, download the model first, or use {bundled}"
+    )
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """`err` and the exceptions it was raised from."""
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 def prepare_tokenizer(tokenizer: Any) -> Any:

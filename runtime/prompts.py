@@ -6,7 +6,9 @@ node's `reads` order, which the compiler chose so that what a call shares comes 
 the node's own position comes last, so nodes of one call share the longest prefix.
 
 A Jinja template (`Template(kind="jinja", source=...)`) replaces the user turn. It is
-rendered in a sandbox with these variables (the built-in template uses the same):
+rendered in Jinja's immutable sandbox (no attribute escapes, no unsafe calls, no changes to
+the values it is given; no file access: it cannot include or import other templates) with
+these variables (the built-in template uses the same):
 
     system   .name, .depth (levels), .node_count, .inputs (names)
     node     .id, .layer, .index, .width, .level (0-based), .layer_number (level + 1),
@@ -161,14 +163,12 @@ class PromptRenderer:
     def user_message(self, node: Node, sources: Sequence[SourceText]) -> str:
         variables = self.variables(node, sources)
         if node.template.kind == "jinja":
-            from jinja2 import TemplateError
-
             try:
                 return self._jinja_template(node.template.source or "").render(**variables)
-            except TemplateError as err:  # syntax errors, undefined names, sandbox refusals
+            except Exception as err:  # the template's own code: syntax, undefined names, sandbox refusals, 1/0
                 line = f", line {err.lineno}" if getattr(err, "lineno", None) else ""
                 where = node.template.path or "jinja template"
-                raise UserError(f"template '{where}'{line} (node {node.id}): {err}") from None
+                raise UserError(f"template '{where}'{line} (node {node.id}): {type(err).__name__}: {err}") from None
         return builtin_user_message(variables)
 
     def _encode(self, node: Node, sources: Sequence[SourceText]) -> tuple[tuple[int, ...], str]:
@@ -198,10 +198,15 @@ class PromptRenderer:
 
     def _jinja_template(self, source: str) -> Any:
         if source not in self._jinja:
-            from jinja2 import StrictUndefined
-            from jinja2.sandbox import SandboxedEnvironment
+            from jinja2 import DictLoader, StrictUndefined
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-            environment = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
+            # No attribute escapes (`__class__`, `__globals__`), no unsafe methods, and no
+            # changing the lists and dicts it is given: a template only reads and formats.
+            # An empty loader: `{% include %}` and `{% import %}` find nothing (TemplateNotFound).
+            environment = ImmutableSandboxedEnvironment(
+                loader=DictLoader({}), undefined=StrictUndefined, keep_trailing_newline=False
+            )
             self._jinja[source] = environment.from_string(source)
         return self._jinja[source]
 

@@ -21,6 +21,7 @@ from neuromas.plan import Call, Generation, Node, Output, Plan
 
 from .answers import extract_answer, normalize_text
 from .backends.base import Backend, GenRequest
+from .failures import in_phase
 from .prompts import Prompt, PromptRenderer
 
 
@@ -140,6 +141,7 @@ class Runtime:
         self.nodes = plan.node_map()
         self.rollouts_done = 0
 
+    @in_phase("rollout")
     def rollout(
         self, inputs: Sequence[Mapping[str, str] | str], group: int = 1, *, seed: int | None = None
     ) -> Rollout:
@@ -231,7 +233,8 @@ def majority_vote(layer: str, texts: Sequence[str], answer_format: str | None) -
 
 
 def cap_max_tokens(plan: Plan, max_tokens: int) -> Plan:
-    """The plan with every node's and call's max_tokens at most `max_tokens` (quick runs)."""
+    """The plan with every node's and call's max_tokens at most `max_tokens` (quick runs),
+    its growth stages' plans included."""
 
     def capped(generation: Generation) -> Generation:
         return msgspec.structs.replace(generation, max_tokens=min(generation.max_tokens, max_tokens))
@@ -244,7 +247,8 @@ def cap_max_tokens(plan: Plan, max_tokens: int) -> Plan:
         )
         for level in plan.levels
     )
-    return msgspec.structs.replace(plan, nodes=nodes, levels=levels)
+    growth = tuple(msgspec.structs.replace(stage, plan=cap_max_tokens(stage.plan, max_tokens)) for stage in plan.growth)
+    return msgspec.structs.replace(plan, nodes=nodes, levels=levels, growth=growth)
 
 
 def _call_seed(rollout_seed: int, call_index: int) -> int:

@@ -4,7 +4,9 @@ Stage 1 trains from scratch; when the global step reaches the next stage's
 `after_steps`, the trained model grows (kept adapters and optimizer state carried,
 new nodes initialised as the compiler says), a checkpoint of the grown system is
 written at that step, and training continues in the same run folder, with one metrics
-file whose rows name their stage. `stages.json` records when each stage started, and a
+file whose rows name their stage. A stage whose next stage says `or plateau K evals`
+ends earlier when held-out reward stops improving (runtime/plateau.py; evaluations go to
+`evals.jsonl`). `stages.json` records when and why each stage started, and a
 checkpoint's plan fingerprint says which stage it belongs to, so `resume` works across
 a growth boundary.
 """
@@ -12,7 +14,8 @@ a growth boundary.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,17 +25,21 @@ import msgspec
 from neuromas.diagnostics import UserError
 from neuromas.plan import GrowthStage, Plan
 
-from .checkpoint import list_checkpoints, plan_fingerprint, save_checkpoint
+from .checkpoint import newest_verified, plan_fingerprint, save_checkpoint
 from .growth import carry_optimizer_state, grow_model
+from .plateau import EvalSettings, evaluate_held_out, has_plateaued, is_due, read_evals, step_trigger_only
 from .rollout import Runtime
 from .tasks import Task
-from .train import TrainSession, TrainSettings, start_session, train_step
+from .train import (StopRequest, TrainSession, TrainSettings, is_stop_requested, make_scorer, save_if_unsaved,
+                    start_session, train_step)
 from .update import make_optimizer, prepare_for_update
 
 STAGES_FILE = "stages.json"
 GROWTH_PLAN_FILE = "growth_plan.json"  # the whole plan, every stage: what `neuromas grow` reads
 
 RuntimeFactory = Callable[[Plan], Runtime]  # builds the runtime (model + adapters) for a stage's plan
+
+logger = logging.getLogger(__name__)
 
 
 def stage_plans(plan: Plan) -> list[GrowthStage]:
@@ -54,29 +61,78 @@ def train_with_growth(
     allow_code: bool = False,
     resume: bool = False,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    evaluation: EvalSettings | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> TrainSession:
-    """Train through every growth stage until `settings.steps`; returns the last session."""
+    """Train through every growth stage until `settings.steps`; returns the last session.
+
+    evaluation: held-out evaluations, which let `or plateau K evals` start a stage
+    early; without them only `after N steps` starts stages (logged as a warning when
+    the spec asks for plateaus). Raises UserError for a plan without growth, and
+    ValueError for an evaluation interval or size below 1.
+    """
     stages = stage_plans(plan)
     if not stages:
         raise UserError("this spec has no growth block; train it without growth")
+    if evaluation is not None and (evaluation.every < 1 or evaluation.n < 1 or evaluation.batch < 1):
+        raise ValueError(f"evaluation every, n and batch must be at least 1, got {evaluation}")
+    if evaluation is None and (warning := step_trigger_only(stages)) is not None:
+        logger.warning(warning)
     index = _resume_stage(stages, out) if resume else 0
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / GROWTH_PLAN_FILE).write_text(plan.to_pretty_json())
     current = stages[index].plan
     session = start_session(current, make_runtime(current), task, settings, out, reward=reward,
                             allow_code=allow_code, resume=resume)
-    _record_stage(out, stages[index].name, session.state.step)
+    _record_stage(out, stages[index].name, session.state.step, "start", [stage.name for stage in stages[:index]])
+    evals = read_evals(out, session.state.step)
+    held_out_score = None
+    if evaluation is not None:
+        held_out_score = make_scorer(session.config.reward, evaluation.task, reward, allow_code)
+
+    def evaluate_if_due() -> None:
+        step = session.state.step
+        if evaluation is None or held_out_score is None or not is_due(step, evaluation.every, settings.steps):
+            return
+        if any(row["step"] == step for row in evals):
+            return  # a resumed run keeps the row its checkpoint's step already has
+        evals.append(evaluate_held_out(session, evaluation, held_out_score))
+        if on_eval is not None:
+            on_eval(evals[-1])
+
     while session.state.step < settings.steps:
+        if is_stop_requested(stop):  # a clean stop: checkpoint the finished step
+            save_if_unsaved(session)
+            break
+        evaluate_if_due()
         following = stages[index + 1] if index + 1 < len(stages) else None
-        if following is not None and following.after_steps is not None and session.state.step >= following.after_steps:
+        stage_rewards = [row["reward_mean"] for row in evals if row["stage"] == session.plan.stage]
+        trigger = growth_trigger(following, session.state.step, stage_rewards)
+        if following is not None and trigger is not None:
             session = grow_session(session, following)
             index += 1
-            _record_stage(out, following.name, session.state.step)
+            _record_stage(out, following.name, session.state.step, trigger, [stage.name for stage in stages[:index]])
             continue
         metrics = train_step(session)
         if on_step is not None:
             on_step(metrics)
+    if session.state.step >= settings.steps:
+        evaluate_if_due()
     return session
+
+
+def growth_trigger(following: GrowthStage | None, step: int, stage_rewards: Sequence[float]) -> str | None:
+    """Why the next stage starts at `step`: "steps" (its `after N steps` is reached),
+    "plateau" (the current stage's held-out rewards, oldest first, have not improved
+    for its `plateau K evals`), or None to keep training the current stage."""
+    if following is None:
+        return None
+    if following.after_steps is not None and step >= following.after_steps:
+        return "steps"
+    if following.plateau_evals is not None and has_plateaued(stage_rewards, following.plateau_evals):
+        return "plateau"
+    return None
 
 
 def grow_session(session: TrainSession, stage: GrowthStage) -> TrainSession:
@@ -125,26 +181,29 @@ def grow_checkpoint(checkpoint: Path, plan: Plan, stage_name: str, out: Path, ma
     state_now = loaded._replace(plan_fingerprint=plan_fingerprint(stage.plan))
     folder = save_checkpoint(Path(out), model, [slot.name for slot in stage.plan.adapters], grown, state_now)
     (Path(out) / "plan.json").write_text(stage.plan.to_pretty_json())
-    _record_stage(Path(out), stage_name, loaded.step)
+    _record_stage(Path(out), stage_name, loaded.step, "grow")
     return folder
 
 
 def _resume_stage(stages: list[GrowthStage], out: Path) -> int:
-    """The stage the newest checkpoint belongs to (0 when there is none)."""
-    checkpoints = list_checkpoints(out)
-    if not checkpoints:
+    """The stage the newest verified checkpoint belongs to (0 when there is none)."""
+    checkpoint, _ = newest_verified(out)  # start_session reports and sets aside the damaged ones
+    if checkpoint is None:
         return 0
-    fingerprint = json.loads((checkpoints[-1] / "state.json").read_text())["plan_fingerprint"]
+    fingerprint = json.loads((checkpoint / "state.json").read_text())["plan_fingerprint"]
     for index, stage in enumerate(stages):
         if plan_fingerprint(stage.plan) == fingerprint:
             return index
-    raise UserError(f"'{checkpoints[-1]}' belongs to none of this spec's growth stages: resume with the same spec and settings")
+    raise UserError(f"'{checkpoint}' belongs to none of this spec's growth stages: resume with the same spec and settings")
 
 
-def _record_stage(out: Path, name: str, step: int) -> None:
-    """Append (name, start step) to out/stages.json unless it is already the last entry."""
+def _record_stage(out: Path, name: str, step: int, trigger: str, earlier: Sequence[str] = ()) -> None:
+    """Record in out/stages.json that stage `name` runs from `step`, started by `trigger`
+    ("start", "steps", "plateau", or "grow" for `grow_checkpoint`). Entries of the
+    `earlier` stages stay; a resumed run keeps its stage's entry and drops later ones."""
     path = Path(out) / STAGES_FILE
-    history = json.loads(path.read_text()) if path.exists() else []
-    history = [entry for entry in history if entry["start_step"] <= step and entry["stage"] != name]
-    history.append({"stage": name, "start_step": step})
+    old = json.loads(path.read_text()) if path.exists() else []
+    history = [entry for entry in old if entry["stage"] in earlier and entry["start_step"] <= step]
+    current = [entry for entry in old if entry["stage"] == name and entry["start_step"] <= step]
+    history += current[-1:] or [{"stage": name, "start_step": step, "trigger": trigger}]
     path.write_text(json.dumps(history, indent=2) + "\n")

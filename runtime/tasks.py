@@ -1,4 +1,5 @@
-"""A task reference (`jsonl:PATH`, `reasoning_gym:NAME`) -> training examples and, where the task has one, its own scorer.
+"""A task reference (`jsonl:PATH`, `hf:SOURCE`, `reasoning_gym:NAME`, `humaneval[:PROBLEMS]`) -> training examples
+and, where the task has one, its own scorer.
 
 Examples are read by position, so a run that resumes at data position p sees exactly
 the examples it would have seen: position p is example `order[p mod n]`, where the
@@ -38,6 +39,7 @@ class Task:
     examples: Sequence[Example]
     seed: int = 0
     scorer: Scorer | None = None
+    is_scored_on_text: bool = False  # its scorer reads the output's whole text (code, choices), not the answer
     _orders: dict[int, list[int]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -65,13 +67,16 @@ class TaskOptions:
     seed: int = 0
     question_field: str = "question"
     answer_field: str = "answer"
-    options: Mapping[str, Any] = field(default_factory=dict)  # generator settings (reasoning_gym)
+    choices_field: str | None = None  # multiple choice: the field holding each question's options
+    options: Mapping[str, Any] = field(default_factory=dict)  # --task-option settings of the task kind
 
 
 def load_task(reference: str, options: TaskOptions) -> Task:
     """The task named by `reference` ("kind:argument"); raises UserError for an unknown
     kind, a missing package or file, or bad data."""
     kind, separator, argument = reference.partition(":")
+    if not separator and kind in DEFAULT_ARGUMENTS:
+        separator, argument = ":", DEFAULT_ARGUMENTS[kind]
     if not separator or not argument:
         raise UserError(f"task {reference!r}: expected KIND:ARGUMENT, one of {', '.join(f'{k}:...' for k in TASKS)}")
     if kind not in TASKS:
@@ -84,18 +89,107 @@ def jsonl_task(path: str, options: TaskOptions) -> Task:
     """One JSON object per line, with a question field (the plan's input) and an answer field."""
     from neuromas.runtime.data import read_records
 
+    if options.options:
+        raise UserError(f"jsonl tasks take no --task-option settings (got {', '.join(options.options)})", exit_code=2)
+    examples = [record_example(record.fields, record.inputs, options, f"{path}:{record.line}")
+                for record in read_records(path, _input_fields(options))]
+    return _record_task(f"jsonl:{path}", examples, options)
+
+
+def hf_task(argument: str, options: TaskOptions) -> Task:
+    """One split of a Hugging Face dataset (a hub id, a local folder, or FORMAT:FILE; see
+    runtime/hf_data.py), its rows read like jsonl records."""
+    from neuromas.runtime.data import input_values
+    from neuromas.runtime.hf_data import DEFAULT_SPLIT, load_rows
+
+    rows, columns = load_rows(argument, dict(options.options))
+    name = f"hf:{argument}"
+    if not rows:
+        raise UserError(f"{name} has no rows in split {options.options.get('split', DEFAULT_SPLIT)!r}")
+    _check_columns(name, columns, options)
+    fields = _input_fields(options)
+    examples = [record_example(row, input_values(row, fields, f"{name} row {i}"), options, f"{name} row {i}")
+                for i, row in enumerate(rows)]
+    return _record_task(name, examples, options)
+
+
+def record_example(fields: Mapping[str, Any], inputs: Mapping[str, str], options: TaskOptions, where: str) -> Example:
+    """A data record -> an Example: the inputs (read by field) renamed to the plan's
+    inputs, and the answer; with a choices field, the first input gets the lettered
+    options and the answer becomes its letter. Raises UserError naming `where`."""
+    for role, wanted in (("answer", options.answer_field), ("choices", options.choices_field)):
+        if wanted is not None and wanted not in fields:
+            raise UserError(f"{where}: no {role} field {wanted!r} (fields: {', '.join(fields)}); "
+                            f"choose one with --{role}-field")
+    values = dict(zip(options.input_names, inputs.values(), strict=True))
+    answer = fields[options.answer_field]
+    if options.choices_field is None:
+        return Example(values, _as_text(answer), fields)
+    from neuromas.runtime.choices import answer_letter, read_choices, render_question
+
+    choices = read_choices(fields[options.choices_field], where)
+    first = options.input_names[0]
+    values[first] = render_question(values[first], choices.options)
+    return Example(values, answer_letter(answer, choices, where), fields)
+
+
+def _input_fields(options: TaskOptions) -> tuple[str, ...]:
+    """The record fields that hold the plan's inputs: the question field for one input,
+    else each input's own name."""
+    return (options.question_field,) if len(options.input_names) == 1 else options.input_names
+
+
+def _check_columns(name: str, columns: Sequence[str], options: TaskOptions) -> None:
+    """Every field the task reads is a column, or UserError listing the columns."""
+    from neuromas.runtime.data import SINGLE_INPUT_ALIASES
+
+    shown = ", ".join(columns)
     if len(options.input_names) == 1:
-        names = (options.question_field,)
-    else:  # several inputs: each is a field of its own name
-        names = options.input_names
+        accepted = (options.question_field, *SINGLE_INPUT_ALIASES)
+        if not any(field in columns for field in accepted):
+            raise UserError(f"{name}: no question column {options.question_field!r} (columns: {shown}); "
+                            "choose one with --question-field")
+    else:
+        for input_name in options.input_names:
+            if input_name not in columns:
+                raise UserError(f"{name}: no column {input_name!r} for the input of that name (columns: {shown})")
+    for role, wanted in (("answer", options.answer_field), ("choices", options.choices_field)):
+        if wanted is not None and wanted not in columns:
+            raise UserError(f"{name}: no {role} column {wanted!r} (columns: {shown}); choose one with --{role}-field")
+
+
+def _record_task(name: str, examples: list[Example], options: TaskOptions) -> Task:
+    """A task over data records; a multiple-choice one scores the letter in the whole output."""
+    if options.choices_field is None:
+        return Task(name=name, examples=examples, seed=options.seed)
+    from neuromas.runtime.rewards import choice_letter
+
+    def score(text: str, example: Example) -> float:
+        return choice_letter(text, example.answer)
+
+    return Task(name=name, examples=examples, seed=options.seed, scorer=score, is_scored_on_text=True)
+
+
+def humaneval_task(argument: str, options: TaskOptions) -> Task:
+    """HumanEval problems (`all`, or numbers and ranges: `0-19,40`), scored by running the
+    answer's code against the problem's tests in the sandbox (pass@1). Settings: the
+    sandbox limits `timeout_s`, `memory_mb`, `file_mb`."""
+    from neuromas.runtime.humaneval import HumanEvalTask, limits_from_settings, select_problems
+
+    if len(options.input_names) != 1:
+        raise UserError(f"humaneval gives one question; this system has inputs {', '.join(options.input_names)}")
+    humaneval = HumanEvalTask(limits_from_settings(options.options))
+    input_name = options.input_names[0]
     examples = []
-    for record in read_records(path, names):
-        if options.answer_field not in record.fields:
-            fields = ", ".join(record.fields)
-            raise UserError(f"{path}:{record.line}: no answer field {options.answer_field!r} (fields: {fields})")
-        inputs = dict(zip(options.input_names, record.inputs.values(), strict=True))
-        examples.append(Example(inputs, _as_text(record.fields[options.answer_field]), record.fields))
-    return Task(name=f"jsonl:{path}", examples=examples, seed=options.seed)
+    for task_id in select_problems(argument, list(humaneval.problems)):
+        item = humaneval.example(task_id)
+        examples.append(Example({input_name: item["question"]}, item["answer"], item))
+
+    def score(text: str, example: Example) -> float:
+        return humaneval.score(text, example.record)
+
+    return Task(name=f"humaneval:{argument}", examples=examples, seed=options.seed, scorer=score,
+                is_scored_on_text=True)
 
 
 def reasoning_gym_task(name: str, options: TaskOptions) -> Task:
@@ -156,5 +250,8 @@ def _as_text(value: Any) -> str:
 
 TASKS: dict[str, Callable[[str, TaskOptions], Task]] = {
     "jsonl": jsonl_task,
+    "hf": hf_task,
     "reasoning_gym": reasoning_gym_task,
+    "humaneval": humaneval_task,
 }
+DEFAULT_ARGUMENTS = {"humaneval": "all"}  # kinds that may be named alone: `--task humaneval`

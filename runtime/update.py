@@ -15,14 +15,18 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
+from neuromas.runtime.failures import in_phase
 from neuromas.runtime.loss import LossNorm, policy_terms, reduce_loss
+
+if TYPE_CHECKING:
+    from neuromas.runtime.distributed import DataParallel
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 DEFAULT_TOKEN_BUDGET = 4096  # padded tokens per micro-batch
@@ -193,6 +197,7 @@ def token_logprobs(model: nn.Module, batch: MicroBatch, *, use_adapters: bool = 
 
 
 @torch.no_grad()
+@in_phase("update")
 def score_batches(model: nn.Module, batches: Sequence[MicroBatch], *, use_adapters: bool = True) -> list[Tensor]:
     """Log-probs of every micro-batch without grad: the old policy (adapters on, taken
     before the update) or the reference (adapters off, for the KL). Each: (B, T)."""
@@ -231,6 +236,7 @@ def make_optimizer(params: Sequence[nn.Parameter], lr: float) -> torch.optim.Ada
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
+@in_phase("update")
 def update_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -240,6 +246,7 @@ def update_step(
     ref_logprobs: Sequence[Tensor] | None,
     row_advantages: Tensor,
     config: UpdateConfig,
+    group: DataParallel | None = None,
 ) -> UpdateStats:
     """One optimiser step over all micro-batches: forward and backward per micro-batch,
     gradients accumulated, clipped over all adapter parameters, then AdamW.
@@ -249,10 +256,19 @@ def update_step(
     model has not changed since the rollout (the first pass over it): the forward pass's
     own log-probs, detached, are then the old ones, the very numbers a separate no-grad
     pass would give, for one forward pass fewer.
+
+    group: data-parallel ranks (runtime.distributed), each with its share of the step's
+    rows; every rank must call this, even with no micro-batch. The normalisers then
+    count every rank's rows, each rank's loss is scaled by the world size and the
+    gradients are averaged before clipping, so every rank takes the single-process step.
     """
     # The normalisers cover the whole step, so the accumulated loss is the full-batch loss.
     total_tokens = int(sum(batch.completion_mask.sum().item() for batch in batches))
     total_rows = sum(len(batch.rows) for batch in batches)
+    scale = 1.0
+    if group is not None:
+        total_tokens, total_rows = (int(count) for count in group.sum([total_tokens, total_rows]))
+        scale = float(group.world_size)  # mean over ranks of (world size x share) = the sum of the shares
     device = model_device(model)
     optimizer.zero_grad(set_to_none=True)
     sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clipped": 0.0, "ratio": 0.0}
@@ -270,13 +286,16 @@ def update_step(
             kl_coef=config.kl_coef,
         )
         loss = reduce_loss(terms.loss, batch.completion_mask, config.loss_norm, total_tokens, total_rows)
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         mask = batch.completion_mask
         sums["loss"] += loss.item()
         sums["kl"] += (terms.kl * mask).sum().item()
         sums["entropy"] += (scores.entropy * mask).sum().item()  # type: ignore[operator]
         sums["clipped"] += (terms.is_clipped * mask).sum().item()
         sums["ratio"] += (terms.ratio * mask).sum().item()
+    if group is not None:
+        group.average_gradients(params)
+        sums = dict(zip(sums, group.sum(list(sums.values())), strict=True))
     max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
     if math.isfinite(grad_norm):

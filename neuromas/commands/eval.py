@@ -76,15 +76,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def checkpoint_adapters(path: Path) -> Path:
-    """The adapters folder of a checkpoint: `path/adapters`, or that of the newest
-    checkpoint of a run folder, or `path` itself when it holds adapters."""
-    from neuromas.runtime.checkpoint import list_checkpoints
+    """The adapters folder of a checkpoint (verified against its manifest): `path/adapters`,
+    or that of the newest checkpoint of a run folder that verifies, or `path` itself when
+    it holds adapters."""
+    from neuromas.runtime.checkpoint import list_checkpoints, newest_verified, verify_checkpoint
 
     if (path / "adapters").is_dir():
+        verify_checkpoint(path)
         return path / "adapters"
-    checkpoints = list_checkpoints(path)
-    if checkpoints:
-        return checkpoints[-1] / "adapters"
+    if list_checkpoints(path):
+        newest, skipped = newest_verified(path)
+        for bad in skipped:
+            print(f"skipping {bad.path.name}: {bad.reason}", file=sys.stderr)
+        if newest is None:
+            raise UserError(f"no checkpoint in '{path}' passes its manifest check (see above)")
+        return newest / "adapters"
     if path.is_dir() and any((child / "adapter_config.json").is_file() for child in path.iterdir()):
         return path
     raise UserError(f"'{path}' holds no checkpoint or adapters (expected a run folder, a checkpoint, or DIR/<slot>/)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from neuromas.diagnostics import UserError
 
@@ -103,6 +104,18 @@ def draw(rows: list[dict], output: Path, *, title: str, window: int) -> None:
     bottom.grid(alpha=0.3)
     bottom.legend(loc="best", fontsize="small")
 
+    save_figure(figure, output)
+
+
+def _nan(values: list[float | None]) -> list[float]:
+    return [float("nan") if value is None else value for value in values]
+
+
+def save_figure(figure: Any, output: Path) -> None:
+    """Write a matplotlib figure as PNG (its folder made if needed) and close it; raises
+    UserError when the file cannot be written."""
+    import matplotlib.pyplot as plt
+
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         figure.savefig(output, dpi=120)
@@ -110,7 +123,3 @@ def draw(rows: list[dict], output: Path, *, title: str, window: int) -> None:
         raise UserError(f"cannot write '{output}': {err.strerror or err}") from None
     finally:
         plt.close(figure)
-
-
-def _nan(values: list[float | None]) -> list[float]:
-    return [float("nan") if value is None else value for value in values]

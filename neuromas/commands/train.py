@@ -9,6 +9,7 @@ inside `run`.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,7 +28,11 @@ EXAMPLES = f"""examples:
 
 {TASK_HELP}
 
-exit status: 0 ok, 2 bad spec or usage, 1 runtime failure (model, data, reward code)"""
+stopping: the first Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes a checkpoint and
+exits with "stopped at step N; resume with: ..."; a second Ctrl-C aborts at once.
+
+exit status: 0 ok, 2 bad spec or usage, 1 runtime failure (model, data, reward code),
+130 stopped by SIGINT (or aborted), 143 stopped by SIGTERM"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +55,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-every", type=int, default=10, metavar="N", help="checkpoint every N steps (default: 10)")
     parser.add_argument("--keep", type=int, default=2, metavar="N", help="checkpoints kept (default: 2; 0 keeps all)")
     parser.add_argument("--log-kl", action="store_true", help="measure the KL to the base model even when kl is 0")
+    parser.add_argument("--eval-every", type=int, metavar="N",
+                        help="growth runs: evaluate held-out reward every N steps (and after the last) into "
+                             "DIR/evals.jsonl, so `or plateau K evals` can start a stage early (default: never; "
+                             "then stages start after their steps only, with a warning)")
+    parser.add_argument("--eval-n", type=int, default=50, metavar="M",
+                        help="held-out questions per evaluation: the task with data seed 1000, as `neuromas eval` "
+                             "uses (a jsonl file gives its own examples in another order) (default: 50)")
     add_task_options(parser)
     add_runtime_options(parser)
     parser.set_defaults(handler=run, group=None)  # --group defaults to the spec's
@@ -61,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     plan = training_plan(args)
     assert plan.train is not None
     task = task_from_args(args, plan.inputs, args.seed)
+    evaluation = eval_settings(args, plan)
     # Mistakes the user can fix are reported before the model loads.
     make_scorer(plan.train.reward, task, args.reward, args.allow_code)
     check_out_folder(Path(args.out), args.resume)
@@ -75,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from tqdm import tqdm
 
-    with tqdm(total=settings.steps, unit="step", file=sys.stderr, desc="train") as bar:
+    from neuromas.runtime.stop import StopSignals
+
+    with StopSignals() as stop, tqdm(total=settings.steps, unit="step", file=sys.stderr, desc="train") as bar:
 
         def show(metrics: dict) -> None:
             loss = metrics["loss"]
@@ -88,12 +103,15 @@ def run(args: argparse.Namespace) -> int:
 
             session = train_with_growth(plan, lambda stage_plan: build_runtime(stage_plan, args), task, settings,
                                         Path(args.out), reward=args.reward, allow_code=args.allow_code,
-                                        resume=args.resume, on_step=show)
+                                        resume=args.resume, on_step=show, evaluation=evaluation, stop=stop)
         else:
             session = start_session(plan, build_runtime(plan, args), task, settings, Path(args.out),
                                     reward=args.reward, allow_code=args.allow_code, resume=args.resume)
             bar.update(session.state.step)
-            train(session, on_step=show)
+            train(session, on_step=show, stop=stop)
+    if stop.requested and session.state.step < settings.steps:
+        print(f"stopped at step {session.state.step}; resume with: {resume_command()}", file=sys.stderr)
+        return stop.exit_code
     print(f"trained {session.state.step} steps; metrics and checkpoints in {args.out}", file=sys.stderr)
     return 0
 
@@ -122,6 +140,32 @@ def training_plan(args: argparse.Namespace):
         outputs = tuple(msgspec.structs.replace(output, answer_format=args.answer_format) for output in plan.outputs)
         plan = msgspec.structs.replace(plan, outputs=outputs)
     return plan
+
+
+def eval_settings(args: argparse.Namespace, plan):
+    """Held-out evaluation settings from --eval-every and --eval-n (None without
+    --eval-every); raises UserError (exit 2) for a bad number or a run without growth."""
+    if args.eval_every is None:
+        return None
+    if args.eval_every < 1 or args.eval_n < 1:
+        raise UserError(f"--eval-every and --eval-n must be at least 1, got {args.eval_every} and {args.eval_n}",
+                        exit_code=2)
+    if not plan.growth or args.stage is not None:
+        raise UserError("--eval-every evaluates during a growth schedule: the spec needs a growth block "
+                        "(and no --stage); for a trained run use `neuromas eval --checkpoint DIR`", exit_code=2)
+    from neuromas.commands.eval import HELD_OUT_SEED
+    from neuromas.runtime.plateau import EvalSettings
+
+    held_out = task_from_args(args, plan.inputs, HELD_OUT_SEED)
+    return EvalSettings(task=held_out, every=args.eval_every, n=args.eval_n, seed=args.seed)
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """The command line that continues this run: the same arguments, with --resume."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["neuromas", *argv])
 
 
 def _seed_everything(seed: int) -> None:

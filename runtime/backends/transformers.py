@@ -82,8 +82,9 @@ class TransformersBackend:
         from ..adapters import adapter_folders, attach_adapters
         from ..models import load_model
 
-        # Missing adapter folders fail before the model loads.
-        folders = adapter_folders(adapters_dir, [s.name for s in plan.adapters]) if adapters_dir is not None else None
+        # Missing adapter folders, or ones saved with other LoRA settings, fail before the model loads.
+        slots = [s.name for s in plan.adapters]
+        folders = adapter_folders(adapters_dir, slots, plan.adapter) if adapters_dir is not None else None
         loaded = load_model(model or plan.model, dtype=dtype, threads=threads)
         peft_model = attach_adapters(loaded.model, plan, base_model=loaded.source)
         backend = cls(

@@ -105,6 +105,15 @@ def require_vllm() -> None:
         )
 
 
+def check_tensor_parallel(size: int, gpus: int) -> None:
+    """Raise UserError when `size` GPUs are asked to shard the model and fewer are visible."""
+    if size > gpus:
+        raise UserError(
+            f"--tensor-parallel-size {size} needs {size} GPUs, and this process sees {gpus}\n"
+            f"  fix: pass --tensor-parallel-size {max(gpus, 1)} or less, or make more GPUs visible (CUDA_VISIBLE_DEVICES)"
+        )
+
+
 class VLLMBackend:
     """A `vllm.LLM` behind the Backend protocol; adapters are published versions (see the module docstring).
 
@@ -144,9 +153,12 @@ class VLLMBackend:
         stages, and publish the saved adapters `adapters_dir/<slot>/` when given.
 
         adapters_root: where published versions are written (default: a temporary folder,
-        deleted on `close()`). Raises UserError without vllm or a CUDA GPU.
+        deleted on `close()`). `options.tensor_parallel_size` GPUs shard the model (vLLM starts
+        one worker process per GPU). Raises UserError without vllm or a CUDA GPU, or with
+        fewer GPUs than the tensor-parallel size.
         """
         require_vllm()
+        import torch
         from transformers import AutoTokenizer
         from vllm import LLM
 
@@ -154,6 +166,7 @@ class VLLMBackend:
         from ..models import prepare_tokenizer, resolve_model
 
         options = options or VLLMOptions()
+        check_tensor_parallel(options.tensor_parallel_size, torch.cuda.device_count())
         source = resolve_model(model or plan.model)
         llm = LLM(**engine_kwargs(plan, options, source))
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(source))
@@ -163,7 +176,7 @@ class VLLMBackend:
         backend = cls(llm, tokenizer, AdapterVersions(root, slots), max_batch_rows=options.max_batch_rows,
                       owns_root=owns_root)
         if adapters_dir is not None:
-            backend.set_adapters(adapter_folders(adapters_dir, [slot.name for slot in plan.adapters]))
+            backend.set_adapters(adapter_folders(adapters_dir, [slot.name for slot in plan.adapters], plan.adapter))
         return backend
 
     # --- generation -------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from neuromas.diagnostics import UserError
@@ -51,3 +53,43 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes(b'{"question": "caf\xe9"}\n')
     with pytest.raises(UserError, match=r"cannot read data file .*utf-8"):
         read_records(tmp_path / "latin1.jsonl", ("question",))
+
+
+def test_a_last_line_cut_off_says_the_file_looks_truncated(tmp_path):
+    path = write(tmp_path, '{"question": "2+3?"}\n{"question": "4+4?"}\n{"question": "9+')
+    with pytest.raises(UserError) as caught:
+        read_records(path, ("question",))
+    assert str(caught.value) == (
+        f"{path}:3: the last line is not valid JSON and has no newline at its end: the file looks truncated "
+        f"(cut off while it was written or copied)\n  fix: write or copy '{path}' again, or delete its last line"
+    )
+    # a complete last line without its newline is fine, and so are Windows line ends
+    assert len(read_records(write(tmp_path, '{"question": "a"}\r\n{"question": "b"}'), ("question",))) == 2
+
+
+def test_a_bad_line_in_the_middle_names_its_line(tmp_path):
+    path = write(tmp_path, '{"question": "a"}\n{"question": "b",\n{"question": "c"}\n')
+    with pytest.raises(UserError) as caught:
+        read_records(path, ("question",))
+    assert str(caught.value).startswith(f"{path}:2: not valid JSON: ")
+    assert "fix: make every line one JSON object, like {\"question\": \"...\"}" in str(caught.value)
+
+
+def test_line_numbers_count_newlines_only(tmp_path):
+    """JSON text may hold U+2028 (written by json.dumps(ensure_ascii=False)): it is not a line end."""
+    path = write(tmp_path, '{"question": "one\u2028two"}\n{"answer": 1}\n')
+    with pytest.raises(UserError, match=r"data.jsonl:2: no field 'question'"):
+        read_records(path, ("question",))
+    assert read_records(write(tmp_path, '{"question": "one\u2028two"}\n'), ("question",))[0].inputs == {
+        "question": "one\u2028two"
+    }
+
+
+def test_rollout_reports_a_truncated_data_file_before_loading_the_model(tmp_path, capsys):
+    from neuromas.cli import main
+
+    spec = Path(__file__).resolve().parents[2] / "specs" / "single_agent.nmas"
+    path = write(tmp_path, '{"question": "2+3?"}\n{"quest')
+    assert main(["rollout", str(spec), "--data", str(path), "--out", str(tmp_path / "traces.jsonl")]) == 1
+    assert f"error: {path}:2: the last line is not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "traces.jsonl").exists()

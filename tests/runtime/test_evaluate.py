@@ -51,14 +51,22 @@ def test_evaluate_counts_calls_tokens_and_scores(make_backend, task, tmp_path):
     assert len(table.splitlines()) == 4
 
 
-def test_checkpoint_adapters_finds_the_newest_checkpoint(tmp_path):
+def test_checkpoint_adapters_finds_the_newest_verified_checkpoint(tmp_path, capsys):
     from neuromas.commands.eval import checkpoint_adapters
+    from neuromas.runtime.checkpoint import write_manifest
 
-    for step in (1, 2):
-        (tmp_path / "run" / "checkpoints" / f"step-00000{step}" / "adapters").mkdir(parents=True)
-    assert checkpoint_adapters(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "step-000002" / "adapters"
-    assert checkpoint_adapters(tmp_path / "run" / "checkpoints" / "step-000001") == (
-        tmp_path / "run" / "checkpoints" / "step-000001" / "adapters"
-    )
+    folders = [tmp_path / "run" / "checkpoints" / f"step-00000{step}" for step in (1, 2)]
+    for folder in folders:
+        (folder / "adapters").mkdir(parents=True)
+        (folder / "adapters" / "weights.bin").write_bytes(b"0123")
+        (folder / "state.json").write_text("{}")
+        write_manifest(folder)
+    assert checkpoint_adapters(tmp_path / "run") == folders[1] / "adapters"
+    assert checkpoint_adapters(folders[0]) == folders[0] / "adapters"
+    (folders[1] / "adapters" / "weights.bin").write_bytes(b"0124")  # damaged: the older one is used
+    assert checkpoint_adapters(tmp_path / "run") == folders[0] / "adapters"
+    assert "skipping step-000002" in capsys.readouterr().err
+    with pytest.raises(UserError, match="weights.bin"):
+        checkpoint_adapters(folders[1])
     with pytest.raises(UserError, match="holds no checkpoint"):
         checkpoint_adapters(tmp_path)

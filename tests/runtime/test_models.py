@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +40,38 @@ def test_dtypes():
         models.resolve_dtype("fp8")
     with pytest.raises(UserError, match="--threads must be at least 1"):
         models.set_threads(0)
+
+
+def test_a_hub_id_without_hub_access_says_what_to_do(monkeypatch):
+    """The real transformers and hub code path, offline (as HF_HUB_OFFLINE=1 sets it)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError) as caught:
+        models.load_model("someowner/no-such-model-here", threads=1)
+    message = str(caught.value)
+    assert message.startswith("model 'someowner/no-such-model-here' is a hub id, but the Hugging Face hub cannot be "
+                              "reached from here (no network, or HF_HUB_OFFLINE is set) and it is not in the local cache")
+    assert "fix: connect to the network once to download it" in message and "--model PATH" in message
+    assert "the bundled 'smollm2-135m-instruct' (no network needed)" in message
+
+
+def test_missing_paths_files_and_empty_folders_are_told_apart(tmp_path):
+    with pytest.raises(UserError, match=rf"not a local folder \('{tmp_path}/absent' does not exist\)"):
+        models.resolve_model(str(tmp_path / "absent"))
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(UserError, match=r"is a file, not a folder.*\n  fix: point --model at the folder that holds it"):
+        models.resolve_model(str(tmp_path / "model.gguf"))
+    with pytest.raises(UserError, match="has no config.json: it is not a Hugging Face model folder"):
+        models.resolve_model(str(tmp_path))
+
+
+def test_a_folder_without_weights_names_the_folder(tmp_path):
+    folder = tmp_path / "half"
+    folder.mkdir()
+    bundled = Path(models.resolve_model(models.DEFAULT_MODEL))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((bundled / name).read_bytes())
+    with pytest.raises(UserError, match=rf"could not load model '{folder}' from the folder '{folder}': .*\n  fix: the "
+                                        r"folder needs config.json, the weights \(\*.safetensors\)"):
+        models.load_model(str(folder), threads=1)

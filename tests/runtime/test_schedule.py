@@ -1,9 +1,11 @@
-"""Training through growth stages on the real bundled model: one run, stages recorded, exact resume."""
+"""Training through growth stages on the real bundled model: one run, stages recorded, exact resume,
+early growth on a plateau of held-out reward."""
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ import neuromas
 from neuromas.runtime.adapters import attach_adapters
 from neuromas.runtime.backends.transformers import TransformersBackend
 from neuromas.runtime.checkpoint import list_checkpoints
+from neuromas.runtime.plateau import EvalSettings
 from neuromas.runtime.rollout import Runtime
 from neuromas.runtime.schedule import train_with_growth
 from neuromas.runtime.tasks import TaskOptions, load_task
@@ -33,7 +36,10 @@ system tiny_growth {
     }
 }
 """
-TIMING = ("rollout_s", "update_s", "sync_s", "step_s")
+TIMING = ("rollout_s", "update_s", "sync_s", "step_s", "seconds")
+# Early growth: held-out rewards that cannot improve (no 3-token answer is a 12-digit number) plateau at once.
+PLATEAU_SPEC = SPEC.replace("after 2 steps", "after 50 steps or plateau 1 evals")
+UNREACHABLE = "987654321987"
 
 
 @pytest.fixture
@@ -43,8 +49,8 @@ def task(tmp_path):
     return load_task(f"jsonl:{path}", TaskOptions(input_names=("question",)))
 
 
-def _run(loaded, task, out, steps, resume=False):
-    plan = neuromas.compile(SPEC)
+def _run(loaded, task, out, steps, resume=False, spec=SPEC, evaluation=None):
+    plan = neuromas.compile(spec)
 
     def make_runtime(stage_plan):
         torch.manual_seed(0)
@@ -53,12 +59,12 @@ def _run(loaded, task, out, steps, resume=False):
 
     rows = []
     session = train_with_growth(plan, make_runtime, task, TrainSettings(steps=steps, save_every=1, keep_checkpoints=0),
-                                out, resume=resume, on_step=rows.append)
+                                out, resume=resume, on_step=rows.append, evaluation=evaluation)
     return session, rows
 
 
-def _metrics(out):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in (out / "metrics.jsonl").read_text().splitlines()]
+def _metrics(out, name="metrics.jsonl"):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in (out / name).read_text().splitlines()]
 
 
 def test_growth_run_records_stages_and_grows_at_its_step(loaded, task, tmp_path):
@@ -66,7 +72,8 @@ def test_growth_run_records_stages_and_grows_at_its_step(loaded, task, tmp_path)
     session, rows = _run(loaded, task, out, steps=3)
     assert [row["stage"] for row in rows] == ["small", "small", "wide"]
     assert json.loads((out / "stages.json").read_text()) == [
-        {"stage": "small", "start_step": 0}, {"stage": "wide", "start_step": 2}]
+        {"stage": "small", "start_step": 0, "trigger": "start"}, {"stage": "wide", "start_step": 2, "trigger": "steps"}]
+    assert not (out / "evals.jsonl").exists()
     assert session.plan.stage == "wide" and len(session.plan.nodes) == 3
     step2 = list_checkpoints(out)[1]
     assert step2.name == "step-000002"
@@ -107,3 +114,53 @@ def test_grow_checkpoint_matches_growing_during_training(loaded, task, tmp_path)
     assert json.loads((tmp_path / "grown" / "plan.json").read_text())["stage"] == "wide"
     with pytest.raises(neuromas.UserError, match="first stage"):
         grow_checkpoint(folder, plan, "small", tmp_path / "again", make_runtime)
+
+
+def test_plateau_of_held_out_reward_grows_early_and_resumes_across_it(loaded, tmp_path):
+    """Evaluations at steps 1 and 2 give the same reward (0), a plateau of one
+    evaluation: the stage meant for step 50 starts at step 2. Six steps and six
+    evaluations: about a minute on a shared 2-core machine, like the resume test above."""
+    def unreachable_task(seed):
+        path = tmp_path / "held.jsonl"
+        path.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": UNREACHABLE}) + "\n"
+                                for i in range(4)))
+        return load_task(f"jsonl:{path}", TaskOptions(input_names=("question",), seed=seed))
+
+    task = unreachable_task(0)
+    evaluation = EvalSettings(task=unreachable_task(1000), every=1, n=1, batch=1)
+    straight, rows = _run(loaded, task, tmp_path / "straight", steps=3, spec=PLATEAU_SPEC, evaluation=evaluation)
+    assert [row["stage"] for row in rows] == ["small", "small", "wide"]
+    assert json.loads((tmp_path / "straight" / "stages.json").read_text())[1] == {
+        "stage": "wide", "start_step": 2, "trigger": "plateau"}
+    evals = _metrics(tmp_path / "straight", "evals.jsonl")
+    assert [(row["step"], row["stage"], row["reward_mean"]) for row in evals] == [
+        (1, "small", 0.0), (2, "small", 0.0), (3, "wide", 0.0)]
+    assert evals[0]["n"] == 1 and evals[0]["accuracy_low"] == 0.0 and evals[0]["accuracy_high"] > 0.5
+
+    # Stopped on the boundary before growing: the resumed run reads both evaluations back and grows.
+    _run(loaded, task, tmp_path / "split", steps=2, spec=PLATEAU_SPEC, evaluation=evaluation)
+    resumed, rows = _run(loaded, task, tmp_path / "split", steps=3, resume=True, spec=PLATEAU_SPEC, evaluation=evaluation)
+    assert [row["stage"] for row in rows] == ["wide"]
+    assert _metrics(tmp_path / "split") == _metrics(tmp_path / "straight")
+    assert _metrics(tmp_path / "split", "evals.jsonl") == evals
+    assert (tmp_path / "split" / "stages.json").read_text() == (tmp_path / "straight" / "stages.json").read_text()
+    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        if "lora_" in name:
+            assert torch.equal(a, b), name
+
+
+
+def test_a_plateau_spec_without_evaluations_warns_and_grows_by_steps(loaded, task, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="neuromas.runtime.schedule"):
+        session, rows = _run(loaded, task, tmp_path / "run", steps=1, spec=PLATEAU_SPEC)
+    assert "growth ignores `or plateau K evals`: 'wide' after 50 steps" in caplog.text
+    assert session.plan.stage == "small" and not (tmp_path / "run" / "evals.jsonl").exists()
+
+
+def test_capping_max_tokens_caps_every_growth_stage():
+    from neuromas.runtime.rollout import cap_max_tokens
+
+    plan = cap_max_tokens(neuromas.compile("specs/growth.nmas"), 8)
+    for stage in plan.growth:
+        assert {node.generation.max_tokens for node in stage.plan.nodes} == {8}, stage.name
+        assert {call.generation.max_tokens for call in stage.plan.calls} == {8}, stage.name

@@ -1,8 +1,13 @@
-"""Checkpoint fingerprints, atomic writes, pruning, and RNG round trips (a tiny peft model)."""
+"""Checkpoint fingerprints, atomic writes, manifests, resume choice, pruning, RNG round trips (a tiny peft model)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import random
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -11,13 +16,19 @@ import torch
 from neuromas.diagnostics import UserError
 from neuromas.runtime import checkpoint
 from neuromas.runtime.checkpoint import (
+    MANIFEST,
+    REJECTED,
     TrainState,
+    clean_checkpoints,
     list_checkpoints,
     load_checkpoint,
+    newest_verified,
     plan_fingerprint,
     prune_checkpoints,
     save_checkpoint,
+    verify_checkpoint,
 )
+from neuromas.runtime.train import resume_checkpoint
 
 
 class Tiny(torch.nn.Module):
@@ -111,8 +122,134 @@ def test_prune_keeps_the_newest(tiny_peft, tmp_path):
     assert len(list_checkpoints(tmp_path)) == 2
 
 
-def test_unreadable_checkpoint_is_a_user_error(tiny_peft, tmp_path):
+def test_a_checkpoint_without_manifest_is_refused(tiny_peft, tmp_path):
     model, optimizer = tiny_peft
-    (tmp_path / "step-000001").mkdir()
-    with pytest.raises(UserError, match="not a readable checkpoint"):
-        load_checkpoint(tmp_path / "step-000001", model, ["slot_a"], optimizer)
+    path = save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(1, 1, 0, "sha256:x"))
+    (path / MANIFEST).unlink()
+    with pytest.raises(UserError, match=f"step-000001' has no {MANIFEST}, so it cannot be verified"):
+        load_checkpoint(path, model, ["slot_a"], optimizer)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="has no manifest.json"):
+        load_checkpoint(tmp_path / "empty", model, ["slot_a"], optimizer)
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere", model, ["slot_a"], optimizer)
+
+
+def test_the_manifest_lists_every_file_and_is_written_last(tiny_peft, tmp_path):
+    model, optimizer = tiny_peft
+    path = save_checkpoint(tmp_path, model, ["slot_a", "slot_b"], optimizer, TrainState(3, 3, 0, "sha256:x"))
+    manifest = json.loads((path / MANIFEST).read_text())
+    files = {entry["path"]: entry for entry in manifest["files"]}
+    on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {MANIFEST}
+    assert set(files) == on_disk and "adapters/slot_b/adapter_model.safetensors" in files
+    for name, entry in files.items():
+        assert entry["size"] == (path / name).stat().st_size
+        assert entry["sha256"] == hashlib.sha256((path / name).read_bytes()).hexdigest()
+    verify_checkpoint(path)
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+@pytest.mark.parametrize(
+    "damage, name, message",
+    [
+        (flip_byte, "adapters/slot_a/adapter_model.safetensors", "does not match the sha256"),
+        (flip_byte, "state.json", "does not match the sha256"),
+        (truncate, "optimizer.pt", "has .* bytes, its manifest.json says"),
+        (Path.unlink, "rng.pt", "is missing 'rng.pt'"),
+        (Path.unlink, "adapters/slot_a/adapter_config.json", "is missing 'adapters/slot_a/adapter_config.json'"),
+    ],
+)
+def test_a_damaged_file_is_named(tiny_peft, tmp_path, damage, name, message):
+    model, optimizer = tiny_peft
+    path = save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(4, 4, 0, "sha256:x"))
+    damage(path / name)
+    with pytest.raises(UserError, match=message) as caught:
+        load_checkpoint(path, model, ["slot_a"], optimizer)
+    assert f"'{name}'" in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_resume_picks_the_newest_verified_and_sets_the_others_aside(tiny_peft, tmp_path, caplog):
+    model, optimizer = tiny_peft
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(step, step, 0, "sha256:x"))
+    root = tmp_path / "checkpoints"
+    truncate(root / "step-000003" / "rng.pt")
+    (root / "step-000002" / MANIFEST).unlink()
+    found, skipped = newest_verified(tmp_path)
+    assert found == root / "step-000001"
+    assert [item.path.name for item in skipped] == ["step-000003", "step-000002"]
+
+    with caplog.at_level(logging.WARNING):
+        assert resume_checkpoint(tmp_path) == root / "step-000001"
+    assert "resuming from step-000001, not the newer step-000003" in caplog.text and "'rng.pt' has" in caplog.text
+    assert "not the newer step-000002" in caplog.text and "no manifest.json" in caplog.text
+    assert sorted(p.name for p in (root / REJECTED).iterdir()) == ["step-000002", "step-000003"]
+    # keep=1 never deletes the checkpoint a run resumes from before a newer one exists
+    prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000001"]
+    save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(2, 2, 0, "sha256:x"))
+    prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002"]
+
+
+def test_resume_refuses_when_no_checkpoint_verifies(tiny_peft, tmp_path):
+    model, optimizer = tiny_peft
+    path = save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(1, 1, 0, "sha256:x"))
+    flip_byte(path / "optimizer.pt")
+    with pytest.raises(UserError, match="no checkpoint in .* verifies .*'optimizer.pt' does not match.*another --out"):
+        resume_checkpoint(tmp_path)
+    assert resume_checkpoint(tmp_path / "fresh") is None  # no checkpoints: a new run
+
+
+def test_a_rewrite_of_the_same_step_replaces_it_and_a_crash_keeps_the_old(tiny_peft, tmp_path, monkeypatch):
+    model, optimizer = tiny_peft
+    first = save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(5, 5, 0, "sha256:old"))
+    assert save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(5, 6, 0, "sha256:new")) == first
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000005"]
+    assert json.loads((first / "state.json").read_text())["plan_fingerprint"] == "sha256:new"
+
+    renames = []
+    real_rename = os.rename
+
+    def crash_on_second_rename(source, target):  # the process dies between the two renames
+        renames.append(target)
+        if len(renames) == 2:
+            raise KeyboardInterrupt
+        real_rename(source, target)
+
+    monkeypatch.setattr(checkpoint.os, "rename", crash_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(5, 7, 0, "sha256:newer"))
+    monkeypatch.undo()
+    assert list_checkpoints(tmp_path) == []  # the old one is aside, under a hidden name
+    clean_checkpoints(tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000005"]
+    assert json.loads((first / "state.json").read_text())["plan_fingerprint"] == "sha256:new"
+    verify_checkpoint(first)
+
+
+def test_clean_removes_unfinished_staging(tiny_peft, tmp_path):
+    model, optimizer = tiny_peft
+    save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(1, 1, 0, "sha256:x"))
+    staging = tmp_path / "checkpoints" / ".step-000002-abc123"
+    (staging / "adapters").mkdir(parents=True)
+    clean_checkpoints(tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000001"]
+
+
+def test_the_rename_is_flushed_to_disk(tiny_peft, tmp_path, monkeypatch):
+    model, optimizer = tiny_peft
+    flushed = []
+    real = checkpoint._fsync_dir
+    monkeypatch.setattr(checkpoint, "_fsync_dir", lambda folder: (flushed.append(Path(folder)), real(folder)))
+    path = save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(1, 1, 0, "sha256:x"))
+    assert flushed[-1] == path.parent  # the folder holding the renamed entry, after the rename

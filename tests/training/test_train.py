@@ -82,7 +82,7 @@ def test_a_short_run_trains_the_adapters_and_logs_every_step(base_model, make_pl
 
     (checkpoint,) = list_checkpoints(tmp_path)  # keep_checkpoints=1 pruned step 1
     assert checkpoint.name == "step-000002"
-    assert {p.name for p in checkpoint.iterdir()} == {"adapters", "optimizer.pt", "rng.pt", "state.json"}
+    assert {p.name for p in checkpoint.iterdir()} == {"adapters", "optimizer.pt", "rng.pt", "state.json", "manifest.json"}
     assert {p.name for p in (checkpoint / "adapters").iterdir()} == {"hidden_0", "answer_0"}
     assert json.loads((checkpoint / "state.json").read_text())["step"] == 2
     assert not [p for p in checkpoint.parent.iterdir() if p.name.startswith(".")]  # no staging left
