@@ -9,6 +9,7 @@ inside `run`.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
     from neuromas.runtime.stop import StopSignals
 
-    with StopSignals() as stop, tqdm(total=settings.steps, unit="step", file=sys.stderr, desc="train") as bar:
+    with StopSignals() as stop, tqdm(total=settings.steps, unit="step", file=sys.stderr, desc="train",
+                                         disable=os.environ.get("RANK", "0") != "0") as bar:
 
         def show(metrics: dict) -> None:
             loss = metrics["loss"]
