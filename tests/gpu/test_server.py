@@ -9,7 +9,6 @@ The server starts once for the module (about 2 minutes cold, see bench/README.md
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import os
 import shutil
@@ -23,20 +22,6 @@ import pytest
 
 import neuromas
 
-
-def _missing() -> str | None:
-    if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (on a CUDA machine: pip install -e '.[vllm]')"
-    if importlib.util.find_spec("torch") is None:
-        return "torch is not installed"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU (torch.cuda.is_available() is False)"
-    return None
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_missing() is not None, reason=_missing() or "")]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_vllm import QUESTIONS, randomize_adapters, with_generation  # noqa: E402

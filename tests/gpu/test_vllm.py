@@ -8,7 +8,6 @@ Run on a CUDA machine with `pip install -e '.[train,vllm,dev]'`, then
 from __future__ import annotations
 
 import copy
-import importlib.util
 import statistics
 import time
 from collections.abc import Sequence
@@ -19,20 +18,6 @@ import pytest
 import neuromas
 from neuromas.plan import Plan
 
-
-def _missing() -> str | None:
-    if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (on a CUDA machine: pip install -e '.[vllm]')"
-    if importlib.util.find_spec("torch") is None:
-        return "torch is not installed"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU (torch.cuda.is_available() is False)"
-    return None
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_missing() is not None, reason=_missing() or "")]
 
 QUESTIONS = [
     "What is 17 + 25?",
