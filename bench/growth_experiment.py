@@ -32,12 +32,12 @@ import neuromas
 from neuromas.commands.eval import HELD_OUT_SEED
 from neuromas.plan import Plan
 from neuromas.runtime import Runtime, TransformersBackend
-from neuromas.runtime.evaluate import EvalResult, evaluate
-from neuromas.runtime.plateau import EvalSettings
-from neuromas.runtime.rollout import cap_max_tokens
-from neuromas.runtime.schedule import stage_plans, train_with_growth
-from neuromas.runtime.tasks import TaskOptions, load_task, parse_task_options
-from neuromas.runtime.train import TrainSettings, make_scorer, start_session, train
+from neuromas.runtime.tasks.evaluate import EvalResult, evaluate
+from neuromas.runtime.training.plateau import EvalSettings
+from neuromas.runtime.generation.rollout import cap_max_tokens
+from neuromas.runtime.training.schedule import stage_plans, train_with_growth
+from neuromas.runtime.tasks.registry import TaskOptions, load_task, parse_task_options
+from neuromas.runtime.training.train import TrainSettings, make_scorer, start_session, train
 
 
 def scaled_schedule(plan: Plan, steps: int, reference_steps: int) -> Plan:

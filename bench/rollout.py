@@ -37,7 +37,7 @@ import neuromas
 from neuromas.plan import Call, Level, Plan
 from neuromas.runtime import Runtime, TransformersBackend, attach_adapters, load_model
 from neuromas.runtime.backends.transformers import BASE_ADAPTER, contiguous_lm_head, left_pad
-from neuromas.runtime.rollout import Rollout
+from neuromas.runtime.generation.rollout import Rollout
 
 SYSTEMS = {
     # Two width-4 layers, the second reading all of the first (long prompts at level 1).
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results/rollout.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
 
-    from neuromas.runtime.rollout import cap_max_tokens
+    from neuromas.runtime.generation.rollout import cap_max_tokens
 
     if args.spec:
         plan = cap_max_tokens(neuromas.compile(args.spec), args.max_tokens)

@@ -93,7 +93,7 @@ class PerNodeCalls:
 
 def flat_requests(plan: Plan, tokenizer: Any, inputs: Sequence[str], group: int) -> list[GenRequest]:
     """Every node's rows of every level, upper levels reading FILLER instead of their sources."""
-    from neuromas.runtime.prompts import PromptRenderer
+    from neuromas.runtime.generation.prompts import PromptRenderer
 
     renderer = PromptRenderer(plan, tokenizer)
     rows = []
@@ -109,8 +109,8 @@ def publish_random_adapters(backend: Any, plan: Plan, model: str, seed: int) -> 
     """Random non-zero LoRA weights for every slot of `plan`, published to the engine."""
     import torch
 
-    from neuromas.runtime.adapters import attach_adapters
-    from neuromas.runtime.models import load_model
+    from neuromas.runtime.models.adapters import attach_adapters
+    from neuromas.runtime.models.loading import load_model
 
     loaded = load_model(model)
     peft_model = attach_adapters(loaded.model, plan, base_model=loaded.source)
@@ -128,7 +128,7 @@ def run_once(
     strategy: str, plan: Plan, backend: Any, inputs: list[str], group: int, seed: int
 ) -> tuple[float, int, int]:
     """(seconds, completion tokens, engine calls) of one rollout with `strategy`."""
-    from neuromas.runtime.rollout import Runtime
+    from neuromas.runtime.generation.rollout import Runtime
 
     backend.llm.reset_prefix_cache()
     tokens, calls = backend.stats.completion_tokens, backend.stats.engine_calls

@@ -1,6 +1,6 @@
 """The NeuroMAS runtime: plans -> rollouts, rewards and adapter updates (imports torch).
 
-Public API (loaded on first use, so `neuromas.runtime.data` or `.answers` stay light):
+Public API (loaded on first use, so `neuromas.runtime.tasks.data` or `.generation.answers` stay light):
 
     load_model(reference="smollm2-135m-instruct", *, dtype="auto", threads=None) -> LoadedModel
     TransformersBackend.for_plan(plan, *, model=None, dtype="auto", threads=None,
@@ -24,23 +24,23 @@ _EXPORTS = {
     "GenRequest": ".backends.base",
     "GenResult": ".backends.base",
     "TransformersBackend": ".backends.transformers",
-    "LoadedModel": ".models",
-    "load_model": ".models",
-    "resolve_model": ".models",
-    "DEFAULT_MODEL": ".models",
-    "attach_adapters": ".adapters",
-    "save_adapters": ".adapters",
-    "load_adapters": ".adapters",
-    "adapter_folders": ".adapters",
-    "Prompt": ".prompts",
-    "PromptRenderer": ".prompts",
-    "Runtime": ".rollout",
-    "Rollout": ".rollout",
-    "Sample": ".rollout",
-    "NodeRecord": ".rollout",
-    "Answer": ".rollout",
-    "DataRecord": ".data",
-    "read_records": ".data",
+    "LoadedModel": ".models.loading",
+    "load_model": ".models.loading",
+    "resolve_model": ".models.loading",
+    "DEFAULT_MODEL": ".models.loading",
+    "attach_adapters": ".models.adapters",
+    "save_adapters": ".models.adapters",
+    "load_adapters": ".models.adapters",
+    "adapter_folders": ".models.adapters",
+    "Prompt": ".generation.prompts",
+    "PromptRenderer": ".generation.prompts",
+    "Runtime": ".generation.rollout",
+    "Rollout": ".generation.rollout",
+    "Sample": ".generation.rollout",
+    "NodeRecord": ".generation.rollout",
+    "Answer": ".generation.rollout",
+    "DataRecord": ".tasks.data",
+    "read_records": ".tasks.data",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -208,7 +208,7 @@ def _flags(known: dict[str, str], options: dict[str, Any]) -> str:
 
 def _checkpoint_line(out: str | None) -> tuple[str, str]:
     """Which checkpoint survives under the run folder `out`, and how to go on from it."""
-    from neuromas.runtime.checkpoint import list_checkpoints
+    from .training.checkpoint import list_checkpoints
 
     checkpoints = list_checkpoints(Path(out)) if out else []
     if not checkpoints:
@@ -218,6 +218,6 @@ def _checkpoint_line(out: str | None) -> tuple[str, str]:
 
 def _is_unfinished_checkpoint(path: str) -> bool:
     """A path inside a checkpoint's temporary folder (`checkpoints/.step-...`)."""
-    from neuromas.runtime.checkpoint import PREFIX
+    from .training.checkpoint import PREFIX
 
     return any(part.startswith(f".{PREFIX}") for part in Path(path).parts)

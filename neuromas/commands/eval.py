@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from neuromas.runtime.evaluate import comparison_table, evaluate
+    from neuromas.runtime.tasks.evaluate import comparison_table, evaluate
 
     if args.compare:
         print(comparison_table([(path, _read(path)) for path in args.compare]), end="")
@@ -79,7 +79,7 @@ def checkpoint_adapters(path: Path) -> Path:
     """The adapters folder of a checkpoint (verified against its manifest): `path/adapters`,
     or that of the newest checkpoint of a run folder that verifies, or `path` itself when
     it holds adapters."""
-    from neuromas.runtime.checkpoint import list_checkpoints, newest_verified, verify_checkpoint
+    from neuromas.runtime.training.checkpoint import list_checkpoints, newest_verified, verify_checkpoint
 
     if (path / "adapters").is_dir():
         verify_checkpoint(path)
@@ -97,7 +97,7 @@ def checkpoint_adapters(path: Path) -> Path:
 
 
 def _scorer(plan, task, args):
-    from neuromas.runtime.train import make_scorer
+    from neuromas.runtime.training.train import make_scorer
 
     plan_reward = plan.train.reward if plan.train is not None else "exact_match"
     return make_scorer(plan_reward, task, args.reward, args.allow_code)
@@ -106,7 +106,7 @@ def _scorer(plan, task, args):
 def _read(path: str):
     import msgspec
 
-    from neuromas.runtime.evaluate import read_result
+    from neuromas.runtime.tasks.evaluate import read_result
 
     try:
         return read_result(path)

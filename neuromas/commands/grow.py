@@ -36,8 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from neuromas.runtime import Runtime, TransformersBackend
-    from neuromas.runtime.checkpoint import list_checkpoints
-    from neuromas.runtime.schedule import grow_checkpoint
+    from neuromas.runtime.training.checkpoint import list_checkpoints
+    from neuromas.runtime.training.schedule import grow_checkpoint
 
     checkpoint = Path(args.checkpoint)
     if not (checkpoint / "state.json").is_file():
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _growth_plan(args: argparse.Namespace, checkpoint: Path) -> neuromas.Plan:
-    from neuromas.runtime.schedule import GROWTH_PLAN_FILE
+    from neuromas.runtime.training.schedule import GROWTH_PLAN_FILE
 
     if args.spec:
         return neuromas.compile(args.spec)

@@ -28,7 +28,7 @@ class EvalRow(NamedTuple):
     """One eval JSON file."""
 
     label: str
-    result: Any  # neuromas.runtime.evaluate.EvalResult
+    result: Any  # neuromas.runtime.tasks.evaluate.EvalResult
 
 
 class RunRow(NamedTuple):
@@ -159,7 +159,7 @@ def draw(entries: list[EvalRow | RunRow], output: Path) -> None:
 def _read_result(path: Path) -> Any:
     import msgspec
 
-    from neuromas.runtime.evaluate import read_result
+    from neuromas.runtime.tasks.evaluate import read_result
 
     try:
         return read_result(path)

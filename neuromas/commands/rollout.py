@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from neuromas.runtime.data import read_records
+    from neuromas.runtime.tasks.data import read_records
 
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}", exit_code=2)

@@ -88,7 +88,7 @@ def load_plan(args: argparse.Namespace) -> Plan:
     if args.max_tokens is not None:
         if args.max_tokens < 1:
             raise UserError(f"--max-tokens must be at least 1, got {args.max_tokens}", exit_code=2)
-        from neuromas.runtime.rollout import cap_max_tokens
+        from neuromas.runtime.generation.rollout import cap_max_tokens
 
         plan = cap_max_tokens(plan, args.max_tokens)
     return plan
@@ -131,7 +131,8 @@ def build_runtime(plan: Plan, args: argparse.Namespace) -> Any:
     """
     from pathlib import Path
 
-    from neuromas.runtime import Runtime, TransformersBackend, distributed, resolve_model
+    from neuromas.runtime import Runtime, TransformersBackend, resolve_model
+    from neuromas.runtime.training import distributed
 
     check_backend_options(args)
     backend_name = getattr(args, "backend", "transformers")

@@ -41,7 +41,7 @@ def add_task_options(parser: argparse.ArgumentParser, *, required: bool = True) 
 
 def task_from_args(args: argparse.Namespace, input_names: tuple[str, ...], seed: int) -> Any:
     """The task the options name, for a plan with these inputs; raises UserError."""
-    from neuromas.runtime.tasks import TaskOptions, load_task, parse_task_options
+    from neuromas.runtime.tasks.registry import TaskOptions, load_task, parse_task_options
 
     options = TaskOptions(
         input_names=input_names,

@@ -69,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from neuromas.runtime.train import TrainSettings, check_out_folder, make_scorer, start_session, train
+    from neuromas.runtime.training.train import TrainSettings, check_out_folder, make_scorer, start_session, train
 
     plan = training_plan(args)
     assert plan.train is not None
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from tqdm import tqdm
 
-    from neuromas.runtime.stop import StopSignals
+    from neuromas.runtime.training.stop import StopSignals
 
     with StopSignals() as stop, tqdm(total=settings.steps, unit="step", file=sys.stderr, desc="train",
                                          disable=os.environ.get("RANK", "0") != "0") as bar:
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(metrics["step"] - bar.n)
 
         if plan.growth and args.stage is None:  # the whole growth schedule, in one run
-            from neuromas.runtime.schedule import train_with_growth
+            from neuromas.runtime.training.schedule import train_with_growth
 
             session = train_with_growth(plan, lambda stage_plan: build_runtime(stage_plan, args), task, settings,
                                         Path(args.out), reward=args.reward, allow_code=args.allow_code,
@@ -156,7 +156,7 @@ def eval_settings(args: argparse.Namespace, plan):
         raise UserError("--eval-every evaluates during a growth schedule: the spec needs a growth block "
                         "(and no --stage); for a trained run use `neuromas eval --checkpoint DIR`", exit_code=2)
     from neuromas.commands.eval import HELD_OUT_SEED
-    from neuromas.runtime.plateau import EvalSettings
+    from neuromas.runtime.training.plateau import EvalSettings
 
     held_out = task_from_args(args, plan.inputs, HELD_OUT_SEED)
     return EvalSettings(task=held_out, every=args.eval_every, n=args.eval_n, seed=args.seed)

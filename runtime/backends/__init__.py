@@ -1,7 +1,9 @@
-"""Generation backends: token-id requests -> completions (see `base.Backend`).
+"""Backends: token-id requests -> completions, behind the `base.Backend` protocol.
 
-`transformers` is imported from `backends.transformers`; a vLLM backend would live in
-`backends/vllm.py` and speak the same `GenRequest`/`GenResult` types.
+`transformers` runs the model in-process (CPU or GPU) with every node's adapter mixed in
+one batch; `vllm` runs the vLLM engine in-process; `server` talks to OpenAI-compatible
+vLLM servers. All speak `GenRequest`/`GenResult`. This room may import `models`; it knows
+nothing of tasks or training.
 """
 
 from .base import Backend, BackendStats, FinishReason, GenRequest, GenResult

@@ -42,7 +42,7 @@ class EngineWithTrainer:
         """Publish the model's adapters to the engine (a new version of each). Under torchrun
         every rank calls this at the same point; the ranks then wait until the publishing
         rank's engine serves the new versions."""
-        from .. import distributed
+        from ..training import distributed
 
         sync = self.engine.publish(model, slots)
         group = distributed.current()
@@ -53,7 +53,7 @@ class EngineWithTrainer:
 
     def set_adapters(self, adapters: Mapping[str, Path]) -> None:
         """Load saved peft folders into the training model; the engine gets them before the next generation."""
-        from ..adapters import load_adapters
+        from ..models.adapters import load_adapters
 
         load_adapters(self.model, adapters)
         self.is_published = False

@@ -32,8 +32,8 @@ from typing import Any
 from neuromas.diagnostics import UserError
 from neuromas.plan import Plan
 
-from ..adapter_versions import AdapterVersions, Publication
-from ..adapters import WEIGHTS_FILE
+from ..models.adapter_versions import AdapterVersions, Publication
+from ..models.adapters import WEIGHTS_FILE
 from .base import GenRequest, GenResult
 from .server_protocol import assign_servers, completion_body, parse_completion
 from .vllm import AdapterSync, VLLMStats
@@ -114,7 +114,7 @@ class ServerBackend:
         server that cannot be reached or serves another model."""
         from transformers import AutoTokenizer
 
-        from ..models import prepare_tokenizer, resolve_model
+        from ..models.loading import prepare_tokenizer, resolve_model
 
         base_models = {url: served_base_model(url) for url in urls}
         if len(set(base_models.values())) > 1:
@@ -152,7 +152,7 @@ class ServerBackend:
     def publish(self, model: Any, slots: Iterable[str] | None = None) -> AdapterSync:
         """Save the PeftModel's adapters for `slots` (default: every plan slot the model has)
         as a new version each, load them on every server, and unload the versions they replace."""
-        from ..adapters import save_adapters
+        from ..models.adapters import save_adapters
 
         names = list(slots) if slots is not None else [
             slot for slot in self.versions.slots if slot in getattr(model, "peft_config", {})

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..adapter_versions import AdapterVersion
+from ..models.adapter_versions import AdapterVersion
 from .base import FinishReason, GenRequest, GenResult
 from .vllm_requests import request_seed, sampling_kwargs
 

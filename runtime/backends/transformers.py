@@ -79,8 +79,8 @@ class TransformersBackend:
     ) -> TransformersBackend:
         """Load the plan's model (or `model`), attach one LoRA per adapter slot, and
         load trained weights from `adapters_dir/<slot>/` when given. Raises UserError."""
-        from ..adapters import adapter_folders, attach_adapters
-        from ..models import load_model
+        from ..models.adapters import adapter_folders, attach_adapters
+        from ..models.loading import load_model
 
         # Missing adapter folders, or ones saved with other LoRA settings, fail before the model loads.
         slots = [s.name for s in plan.adapters]
@@ -100,7 +100,7 @@ class TransformersBackend:
 
     def set_adapters(self, adapters: Mapping[str, Path]) -> None:
         """Load saved peft folders into the slots of the same names."""
-        from ..adapters import load_adapters
+        from ..models.adapters import load_adapters
 
         load_adapters(self.model, adapters)
 

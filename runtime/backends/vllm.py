@@ -44,8 +44,8 @@ from typing import Any, NamedTuple
 from neuromas.diagnostics import UserError
 from neuromas.plan import Plan
 
-from ..adapter_versions import AdapterVersions, Publication
-from ..adapters import WEIGHTS_FILE
+from ..models.adapter_versions import AdapterVersions, Publication
+from ..models.adapters import WEIGHTS_FILE
 from .base import BackendStats, FinishReason, GenRequest, GenResult
 from .vllm_options import VLLMOptions, adapter_slots, engine_kwargs
 from .vllm_requests import RequestSpec, build_requests, row_chunks
@@ -162,8 +162,8 @@ class VLLMBackend:
         from transformers import AutoTokenizer
         from vllm import LLM
 
-        from ..adapters import adapter_folders
-        from ..models import prepare_tokenizer, resolve_model
+        from ..models.adapters import adapter_folders
+        from ..models.loading import prepare_tokenizer, resolve_model
 
         options = options or VLLMOptions()
         check_tensor_parallel(options.tensor_parallel_size, torch.cuda.device_count())
@@ -216,7 +216,7 @@ class VLLMBackend:
         """Save the PeftModel's adapters for `slots` as a new version each, register them in
         the engine, and drop the versions they replace. Default: every slot of the engine's
         plan that the model has (a growth stage not reached yet has slots the model lacks)."""
-        from ..adapters import save_adapters
+        from ..models.adapters import save_adapters
 
         if slots is None:
             names = [slot for slot in self.versions.slots if slot in getattr(model, "peft_config", {})]

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from neuromas.plan import Generation
 
-from ..adapter_versions import AdapterVersion
+from ..models.adapter_versions import AdapterVersion
 from .base import GenRequest
 
 

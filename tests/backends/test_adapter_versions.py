@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from neuromas.runtime.adapter_versions import AdapterVersions
+from neuromas.runtime.models.adapter_versions import AdapterVersions
 
 SLOTS = ("node-hidden-0", "node-hidden-1", "node-answer-0")
 

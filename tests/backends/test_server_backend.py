@@ -16,7 +16,7 @@ import pytest
 
 from neuromas.diagnostics import UserError
 from neuromas.plan import Generation
-from neuromas.runtime.adapter_versions import AdapterVersion, AdapterVersions
+from neuromas.runtime.models.adapter_versions import AdapterVersion, AdapterVersions
 from neuromas.runtime.backends.base import GenRequest
 from neuromas.runtime.backends.server import ServerBackend, ServerError, served_base_model
 from neuromas.runtime.backends.server_protocol import (

@@ -11,7 +11,7 @@ import pytest
 import neuromas
 from neuromas.diagnostics import UserError
 from neuromas.plan import Generation
-from neuromas.runtime.adapter_versions import AdapterVersions
+from neuromas.runtime.models.adapter_versions import AdapterVersions
 from neuromas.runtime.backends.base import Backend, GenRequest
 from neuromas.runtime.backends.vllm import AdapterSync, VLLMBackend, VLLMStats, require_vllm
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from neuromas.plan import Generation
-from neuromas.runtime.adapter_versions import AdapterVersion
+from neuromas.runtime.models.adapter_versions import AdapterVersion
 from neuromas.runtime.backends.base import GenRequest
 from neuromas.runtime.backends.vllm_requests import (
     LoraSpec,

@@ -27,13 +27,13 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from neuromas.runtime import distributed  # noqa: E402
-from neuromas.runtime.adapters import attach_adapters  # noqa: E402
+from neuromas.runtime.training import distributed  # noqa: E402
+from neuromas.runtime.models.adapters import attach_adapters  # noqa: E402
 from neuromas.runtime.backends.transformers import TransformersBackend  # noqa: E402
-from neuromas.runtime.models import load_model  # noqa: E402
-from neuromas.runtime.rollout import Answer, NodeRecord, Rollout, Sample  # noqa: E402
-from neuromas.runtime.tasks import Example, Task  # noqa: E402
-from neuromas.runtime.train import TrainSettings, start_session, train  # noqa: E402
+from neuromas.runtime.models.loading import load_model  # noqa: E402
+from neuromas.runtime.generation.rollout import Answer, NodeRecord, Rollout, Sample  # noqa: E402
+from neuromas.runtime.tasks.registry import Example, Task  # noqa: E402
+from neuromas.runtime.training.train import TrainSettings, start_session, train  # noqa: E402
 from tests.training.conftest import neuromas3_plan  # noqa: E402
 
 QUESTIONS = ["What is 2 + 3?", "Name a fruit.", "What is 10 - 4?", "Spell cat.", "Say hi."]

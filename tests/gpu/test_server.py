@@ -43,7 +43,7 @@ def plan3():
 @pytest.fixture(scope="module")
 def server(plan3, tmp_path_factory):
     """`vllm serve` for the plan's model with runtime LoRA loading; yields its URL."""
-    from neuromas.runtime.models import resolve_model
+    from neuromas.runtime.models.loading import resolve_model
 
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
@@ -82,7 +82,7 @@ def trained(plan3, server):
     from neuromas.runtime.backends.engine_trainer import EngineWithTrainer
     from neuromas.runtime.backends.server import ServerBackend
     from neuromas.runtime.backends.transformers import TransformersBackend
-    from neuromas.runtime.update import prepare_for_update
+    from neuromas.runtime.training.update import prepare_for_update
 
     trainer = TransformersBackend.for_plan(plan3)
     prepare_for_update(trainer.model)
@@ -93,7 +93,7 @@ def trained(plan3, server):
 
 
 def test_neuromas3_rollouts_run_through_the_server(plan3, trained):
-    from neuromas.runtime.rollout import Runtime
+    from neuromas.runtime.generation.rollout import Runtime
 
     rollout = Runtime(plan3, trained).rollout(QUESTIONS, group=2, seed=0)
     records = list(rollout.records())
@@ -107,7 +107,7 @@ def test_neuromas3_rollouts_run_through_the_server(plan3, trained):
 
 
 def test_an_update_is_reloaded_and_the_old_version_unloaded(plan3, trained, server):
-    from neuromas.runtime.rollout import Runtime
+    from neuromas.runtime.generation.rollout import Runtime
 
     before = [r.completion_ids for r in Runtime(plan3, trained).rollout(QUESTIONS, seed=0).records()]
     old = {version.name for version in trained.engine.versions.published().values()}
@@ -127,7 +127,7 @@ def test_throughput_against_the_in_process_engine(plan3, trained):
     from neuromas.runtime.backends.engine_trainer import EngineWithTrainer
     from neuromas.runtime.backends.vllm import VLLMBackend
     from neuromas.runtime.backends.vllm_options import VLLMOptions
-    from neuromas.runtime.rollout import Runtime
+    from neuromas.runtime.generation.rollout import Runtime
 
     plan = with_generation(plan3, temperature=1.0, max_tokens=128)
     questions = [QUESTIONS[i % len(QUESTIONS)] + f" ({i})" for i in range(32)]

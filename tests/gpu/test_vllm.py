@@ -96,7 +96,7 @@ def vllm3(plan3, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base(vllm3):
-    from neuromas.runtime.models import load_model
+    from neuromas.runtime.models.loading import load_model
 
     return load_model(neuromas.compile("specs/neuromas3.nmas").model)
 
@@ -104,8 +104,8 @@ def base(vllm3):
 @pytest.fixture(scope="module")
 def trainer(plan3, base):
     """The training model: a PeftModel with NeuroMAS-3's slots, fp32 LoRA as in an update."""
-    from neuromas.runtime.adapters import attach_adapters
-    from neuromas.runtime.update import prepare_for_update
+    from neuromas.runtime.models.adapters import attach_adapters
+    from neuromas.runtime.training.update import prepare_for_update
 
     model = attach_adapters(copy.deepcopy(base.model), plan3, base_model=base.source)
     prepare_for_update(model)
@@ -121,7 +121,7 @@ def sync(backend, model, seed: int):
 def test_greedy_rollouts_match_the_transformers_backend(plan3, vllm3, base, trainer):
     from neuromas.runtime.backends.base import GenRequest
     from neuromas.runtime.backends.transformers import TransformersBackend
-    from neuromas.runtime.rollout import Runtime
+    from neuromas.runtime.generation.rollout import Runtime
 
     sync(vllm3, trainer, seed=1)
     reference = TransformersBackend(trainer, base.tokenizer)
@@ -156,8 +156,8 @@ def test_greedy_rollouts_match_the_transformers_backend(plan3, vllm3, base, trai
 
 
 def test_sampling_logprobs_are_the_trainers_at_the_same_temperature(plan3, vllm3, trainer):
-    from neuromas.runtime.rollout import Runtime
-    from neuromas.runtime.update import CompletionRow, micro_batches, score_batches
+    from neuromas.runtime.generation.rollout import Runtime
+    from neuromas.runtime.training.update import CompletionRow, micro_batches, score_batches
 
     sync(vllm3, trainer, seed=2)
     sampled = with_generation(plan3, temperature=0.7, top_p=1.0)
@@ -191,7 +191,7 @@ def test_sampling_logprobs_are_the_trainers_at_the_same_temperature(plan3, vllm3
 def test_publishing_new_adapters_changes_generations_and_drops_old_versions(plan3, vllm3, trainer, base):
     from neuromas.runtime.backends.base import GenRequest
     from neuromas.runtime.backends.transformers import TransformersBackend
-    from neuromas.runtime.prompts import PromptRenderer
+    from neuromas.runtime.generation.prompts import PromptRenderer
 
     sync(vllm3, trainer, seed=3)
     old = vllm3.versions.published()
@@ -224,10 +224,10 @@ def test_publishing_new_adapters_changes_generations_and_drops_old_versions(plan
 
 
 def test_adapter_sync_time_for_seven_nodes(base, tmp_path):
-    from neuromas.runtime.adapters import attach_adapters
+    from neuromas.runtime.models.adapters import attach_adapters
     from neuromas.runtime.backends.vllm import VLLMBackend
     from neuromas.runtime.backends.vllm_options import VLLMOptions
-    from neuromas.runtime.update import prepare_for_update
+    from neuromas.runtime.training.update import prepare_for_update
 
     plan7 = neuromas.compile("specs/neuromas7.nmas")
     backend = VLLMBackend.for_plan(plan7, VLLMOptions(gpu_memory_utilization=0.2), adapters_root=tmp_path)
@@ -252,7 +252,7 @@ def test_adapter_sync_time_for_seven_nodes(base, tmp_path):
 def test_sleep_frees_memory_and_wake_up_restores_adapters(plan3, vllm3, trainer):
     import torch
 
-    from neuromas.runtime.rollout import Runtime
+    from neuromas.runtime.generation.rollout import Runtime
 
     sync(vllm3, trainer, seed=5)
     vllm3.llm.reset_prefix_cache()

@@ -26,7 +26,7 @@ def _test_threads():
 @pytest.fixture(scope="session")
 def loaded():
     """The bundled model (converted on first use, then cached), loaded once per session."""
-    from neuromas.runtime.models import load_model
+    from neuromas.runtime.models.loading import load_model
 
     return load_model()
 

@@ -13,7 +13,7 @@ SPECS = REPO / "specs"
 
 def compile_small(spec: str | Path, max_tokens: int = 8) -> Plan:
     """A spec file (name under specs/, or spec text) compiled, every max_tokens capped."""
-    from neuromas.runtime.rollout import cap_max_tokens
+    from neuromas.runtime.generation.rollout import cap_max_tokens
 
     source = str(SPECS / spec) if isinstance(spec, str) and spec.endswith(".nmas") else spec
     return cap_max_tokens(neuromas.compile(source), max_tokens)

@@ -12,7 +12,7 @@ import pytest
 
 from neuromas.cli import main
 from neuromas.diagnostics import UserError
-from neuromas.runtime.adapters import adapter_folders, attach_adapters, save_adapters
+from neuromas.runtime.models.adapters import adapter_folders, attach_adapters, save_adapters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtime_helpers.py (pytest runs in importlib mode)
 from runtime_helpers import SPECS, compile_small  # noqa: E402
@@ -61,7 +61,7 @@ def test_a_config_that_is_not_peft_lora_is_refused(other_adapters, tmp_path):
 
 
 def test_the_cli_refuses_them_before_the_model_loads(other_adapters, capsys, monkeypatch):
-    from neuromas.runtime import models
+    from neuromas.runtime.models import loading as models
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model loaded before the adapters were checked")

@@ -69,7 +69,7 @@ def test_missing_model_says_what_was_looked_for(capsys):
 
 
 def test_bundled_model_without_its_package(monkeypatch, tmp_path, capsys):
-    from neuromas.runtime import models
+    from neuromas.runtime.models import loading as models
 
     monkeypatch.setenv("NEUROMAS_CACHE", str(tmp_path))
     monkeypatch.setitem(
@@ -117,6 +117,6 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_the_cli_starts_without_torch():
-    code = "import sys, neuromas.cli as cli; cli.build_parser(); import neuromas.runtime.data; print('torch' in sys.modules)"
+    code = "import sys, neuromas.cli as cli; cli.build_parser(); import neuromas.runtime.tasks.data; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from neuromas.diagnostics import UserError
-from neuromas.runtime.data import read_records
+from neuromas.runtime.tasks.data import read_records
 
 
 def write(tmp_path, text: str):

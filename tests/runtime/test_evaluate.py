@@ -8,10 +8,10 @@ import pytest
 
 import neuromas
 from neuromas.diagnostics import UserError
-from neuromas.runtime.evaluate import comparison_table, evaluate, read_result
-from neuromas.runtime.rewards import load_reward
-from neuromas.runtime.rollout import Runtime, cap_max_tokens
-from neuromas.runtime.tasks import TaskOptions, load_task
+from neuromas.runtime.tasks.evaluate import comparison_table, evaluate, read_result
+from neuromas.runtime.tasks.rewards import load_reward
+from neuromas.runtime.generation.rollout import Runtime, cap_max_tokens
+from neuromas.runtime.tasks.registry import TaskOptions, load_task
 
 QUESTIONS = [("What is 2 + 2? Answer with a number.", "4"), ("What is 3 + 5? Answer with a number.", "8"),
              ("What is 10 - 7? Answer with a number.", "3")]
@@ -53,7 +53,7 @@ def test_evaluate_counts_calls_tokens_and_scores(make_backend, task, tmp_path):
 
 def test_checkpoint_adapters_finds_the_newest_verified_checkpoint(tmp_path, capsys):
     from neuromas.commands.eval import checkpoint_adapters
-    from neuromas.runtime.checkpoint import write_manifest
+    from neuromas.runtime.training.checkpoint import write_manifest
 
     folders = [tmp_path / "run" / "checkpoints" / f"step-00000{step}" for step in (1, 2)]
     for folder in folders:

@@ -145,7 +145,7 @@ def test_disk_errors_are_recognised():
 def test_out_of_memory_in_a_real_update_names_the_token_budget(tmp_path, monkeypatch, capsys):
     """A real training step on the bundled model whose update forward pass makes a real
     (impossible) allocation: the CLI names the update and --token-budget."""
-    from neuromas.runtime import update
+    from neuromas.runtime.training import update
 
     real_token_logprobs = update.token_logprobs
 

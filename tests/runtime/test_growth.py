@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import neuromas
-from neuromas.runtime.adapters import attach_adapters
-from neuromas.runtime.growth import carry_optimizer_state, grow_model, slot_origins
-from neuromas.runtime.update import lora_parameters, make_optimizer
+from neuromas.runtime.models.adapters import attach_adapters
+from neuromas.runtime.training.growth import carry_optimizer_state, grow_model, slot_origins
+from neuromas.runtime.training.update import lora_parameters, make_optimizer
 
 ZERO_GROWTH = """
 system grow_zero {

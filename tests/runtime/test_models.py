@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from neuromas.diagnostics import UserError
-from neuromas.runtime import models
+from neuromas.runtime.models import loading as models
 
 
 def test_bundled_model_converts_once_into_the_cache(monkeypatch, tmp_path, capsys):

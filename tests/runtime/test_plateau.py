@@ -8,8 +8,8 @@ import pytest
 
 import neuromas
 from neuromas.cli import main
-from neuromas.runtime.plateau import EVALS_FILE, evals_since_best, has_plateaued, is_due, read_evals, step_trigger_only
-from neuromas.runtime.schedule import _record_stage, growth_trigger
+from neuromas.runtime.training.plateau import EVALS_FILE, evals_since_best, has_plateaued, is_due, read_evals, step_trigger_only
+from neuromas.runtime.training.schedule import _record_stage, growth_trigger
 
 SPEC = """
 system plateau_growth {

@@ -73,7 +73,7 @@ def test_a_code_reward_is_refused_without_allow_code_and_imports_nothing(tmp_pat
 
 
 def test_a_code_reward_runs_with_allow_code(plugin):
-    from neuromas.runtime.rewards import load_reward
+    from neuromas.runtime.tasks.rewards import load_reward
 
     name, marker = plugin
     with pytest.raises(UserError, match="--allow-code"):
@@ -97,7 +97,7 @@ def test_a_code_reward_runs_with_allow_code(plugin):
     ],
 )
 def test_jinja_templates_cannot_leave_the_sandbox(loaded, source):
-    from neuromas.runtime.prompts import PromptRenderer
+    from neuromas.runtime.generation.prompts import PromptRenderer
 
     plan = compile_small("single_agent.nmas")
     node = plan.node_map()["answer[0]"]

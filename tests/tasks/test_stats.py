@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from neuromas.runtime.stats import Interval, mean_interval, wilson_interval
+from neuromas.runtime.tasks.stats import Interval, mean_interval, wilson_interval
 
 
 @pytest.mark.parametrize(

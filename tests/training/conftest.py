@@ -91,7 +91,7 @@ def make_plan():
 @pytest.fixture(scope="session")
 def base_model():
     """The bundled SmolLM2-135M (bf16 where the CPU supports it), loaded once per session."""
-    from neuromas.runtime.models import load_model
+    from neuromas.runtime.models.loading import load_model
 
     return load_model(MODEL)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from neuromas.runtime.answers import canonical_number, extract_answer, normalize_text, parse_number
+from neuromas.runtime.generation.answers import canonical_number, extract_answer, normalize_text, parse_number
 
 NUMBER_CASES = [
     ("42", "42"),

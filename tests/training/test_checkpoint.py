@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from neuromas.diagnostics import UserError
-from neuromas.runtime import checkpoint
-from neuromas.runtime.checkpoint import (
+from neuromas.runtime.training import checkpoint
+from neuromas.runtime.training.checkpoint import (
     MANIFEST,
     REJECTED,
     TrainState,
@@ -28,7 +28,7 @@ from neuromas.runtime.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from neuromas.runtime.train import resume_checkpoint
+from neuromas.runtime.training.train import resume_checkpoint
 
 
 class Tiny(torch.nn.Module):

@@ -31,8 +31,8 @@ import pytest
 import torch
 
 from neuromas.cli import build_parser
-from neuromas.runtime.checkpoint import list_checkpoints, newest_verified
-from neuromas.runtime.train import METRICS_FILE, SAMPLES_FILE, _keep_metrics_until
+from neuromas.runtime.training.checkpoint import list_checkpoints, newest_verified
+from neuromas.runtime.training.train import METRICS_FILE, SAMPLES_FILE, _keep_metrics_until
 
 REPO = Path(__file__).resolve().parents[2]
 TIMING = {"rollout_s", "update_s", "sync_s", "step_s"}
@@ -229,10 +229,10 @@ def resumed_session(setup: Setup, out: Path, base_model, steps: int):
     same command line as the subprocess."""
     from neuromas.commands.task_options import task_from_args
     from neuromas.commands.train import training_plan
-    from neuromas.runtime.adapters import attach_adapters
+    from neuromas.runtime.models.adapters import attach_adapters
     from neuromas.runtime.backends.transformers import TransformersBackend
-    from neuromas.runtime.rollout import Runtime
-    from neuromas.runtime.train import TrainSettings, start_session
+    from neuromas.runtime.generation.rollout import Runtime
+    from neuromas.runtime.training.train import TrainSettings, start_session
 
     args = build_parser().parse_args(setup.argv(out, steps, resume=True))
     plan = training_plan(args)

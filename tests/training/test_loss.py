@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from neuromas.runtime.loss import (
+from neuromas.runtime.training.loss import (
     batch_mean_advantages,
     compute_advantages,
     group_advantages,

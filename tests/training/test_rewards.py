@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neuromas.diagnostics import UserError
-from neuromas.runtime.rewards import BUILTIN_REWARDS, load_reward, safe_rewards
+from neuromas.runtime.tasks.rewards import BUILTIN_REWARDS, load_reward, safe_rewards
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # make `tests.training.reward_plugins` importable
 PLUGINS = "tests.training.reward_plugins"

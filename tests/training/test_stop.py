@@ -11,8 +11,8 @@ import threading
 import pytest
 import torch
 
-from neuromas.runtime.checkpoint import list_checkpoints
-from neuromas.runtime.stop import StopSignals
+from neuromas.runtime.training.checkpoint import list_checkpoints
+from neuromas.runtime.training.stop import StopSignals
 
 
 def test_the_first_signal_is_a_request_and_handlers_are_restored():
@@ -83,9 +83,9 @@ system tiny_growth {
 
 
 def _runtime(base_model, plan):
-    from neuromas.runtime.adapters import attach_adapters
+    from neuromas.runtime.models.adapters import attach_adapters
     from neuromas.runtime.backends.transformers import TransformersBackend
-    from neuromas.runtime.rollout import Runtime
+    from neuromas.runtime.generation.rollout import Runtime
 
     torch.manual_seed(0)
     model = attach_adapters(copy.deepcopy(base_model.model), plan)
@@ -93,14 +93,14 @@ def _runtime(base_model, plan):
 
 
 def _task():
-    from neuromas.runtime.tasks import Example, Task
+    from neuromas.runtime.tasks.registry import Example, Task
 
     return Task("sums", [Example({"question": f"What is {i} + {i}?"}, str(2 * i), {}) for i in range(4)], seed=0)
 
 
 def test_train_stops_between_steps_and_checkpoints_the_last(base_model, make_plan, tmp_path):
     """Two steps on the bundled model: about 30 s on a shared 2-core machine."""
-    from neuromas.runtime.train import TrainSettings, start_session, train
+    from neuromas.runtime.training.train import TrainSettings, start_session, train
 
     plan = make_plan(max_tokens=2, batch=1)
     settings = TrainSettings(steps=5, save_every=100)
@@ -117,8 +117,8 @@ def test_train_stops_between_steps_and_checkpoints_the_last(base_model, make_pla
 def test_a_growth_run_stops_cleanly(base_model, tmp_path):
     """Two steps and one growth on the bundled model: about 40 s on a shared 2-core machine."""
     import neuromas
-    from neuromas.runtime.schedule import train_with_growth
-    from neuromas.runtime.train import TrainSettings
+    from neuromas.runtime.training.schedule import train_with_growth
+    from neuromas.runtime.training.train import TrainSettings
 
     plan = neuromas.compile(GROWTH_SPEC)
     stop = StopAfter(2)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from neuromas.diagnostics import UserError
-from neuromas.runtime.tasks import TaskOptions, load_task, parse_task_options
+from neuromas.runtime.tasks.registry import TaskOptions, load_task, parse_task_options
 
 
 def write_jsonl(path, records):

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from neuromas.diagnostics import UserError
-from neuromas.runtime.adapters import attach_adapters
+from neuromas.runtime.models.adapters import attach_adapters
 from neuromas.runtime.backends.transformers import TransformersBackend
-from neuromas.runtime.checkpoint import list_checkpoints
-from neuromas.runtime.rollout import Runtime
-from neuromas.runtime.tasks import Example, Task
-from neuromas.runtime.train import METRICS_FILE, TrainSettings, start_session, train
+from neuromas.runtime.training.checkpoint import list_checkpoints
+from neuromas.runtime.generation.rollout import Runtime
+from neuromas.runtime.tasks.registry import Example, Task
+from neuromas.runtime.training.train import METRICS_FILE, TrainSettings, start_session, train
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = "tests.training.reward_plugins"

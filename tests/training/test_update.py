@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuromas.runtime.adapters import attach_adapters
-from neuromas.runtime.update import (
+from neuromas.runtime.models.adapters import attach_adapters
+from neuromas.runtime.training.update import (
     BASE_ADAPTER,
     CompletionRow,
     UpdateConfig,

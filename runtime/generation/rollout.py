@@ -20,8 +20,8 @@ import msgspec
 from neuromas.plan import Call, Generation, Node, Output, Plan
 
 from .answers import extract_answer, normalize_text
-from .backends.base import Backend, GenRequest
-from .failures import in_phase
+from ..backends.base import Backend, GenRequest
+from ..failures import in_phase
 from .prompts import Prompt, PromptRenderer
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 from neuromas.diagnostics import UserError, did_you_mean
-from neuromas.runtime.answers import extract_answer, extract_choice, normalize_text, parse_number
+from ..generation.answers import extract_answer, extract_choice, normalize_text, parse_number
 
 logger = logging.getLogger(__name__)
 

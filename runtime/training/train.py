@@ -23,8 +23,8 @@ import torch
 
 from neuromas.diagnostics import UserError
 from neuromas.plan import Plan, Train
-from neuromas.runtime import distributed
-from neuromas.runtime.checkpoint import (
+from . import distributed
+from .checkpoint import (
     TrainState,
     checkpoint_path,
     clean_checkpoints,
@@ -36,11 +36,11 @@ from neuromas.runtime.checkpoint import (
     reject_checkpoint,
     save_checkpoint,
 )
-from neuromas.runtime.loss import compute_advantages
-from neuromas.runtime.rewards import RewardScores, load_reward, safe_rewards
-from neuromas.runtime.rollout import Answer, Rollout, Runtime
-from neuromas.runtime.tasks import Example, Task
-from neuromas.runtime.update import (
+from .loss import compute_advantages
+from ..tasks.rewards import RewardScores, load_reward, safe_rewards
+from ..generation.rollout import Answer, Rollout, Runtime
+from ..tasks.registry import Example, Task
+from .update import (
     DEFAULT_TOKEN_BUDGET,
     CompletionRow,
     UpdateConfig,
@@ -186,7 +186,7 @@ def check_out_folder(out: Path, resume: bool) -> None:
 
 
 class StopRequest(Protocol):
-    """Anything with a `requested` flag, such as `neuromas.runtime.stop.StopSignals`."""
+    """Anything with a `requested` flag, such as `neuromas.runtime.training.stop.StopSignals`."""
 
     @property
     def requested(self) -> bool: ...
@@ -418,7 +418,7 @@ def sync_adapters(session: TrainSession) -> None:
         return
     if getattr(backend, "model", None) is session.model:
         return
-    from neuromas.runtime.adapters import save_adapters
+    from ..models.adapters import save_adapters
 
     folder = session.out / "sync"
     shutil.rmtree(folder, ignore_errors=True)

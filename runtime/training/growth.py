@@ -16,7 +16,7 @@ import torch
 
 from neuromas.plan import GrowthStage, Plan
 
-from .adapters import attach_adapters
+from ..models.adapters import attach_adapters
 
 
 class SlotOrigin(NamedTuple):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from neuromas.diagnostics import UserError
-from neuromas.runtime.answers import CHOICE_LETTERS, normalize_text
+from ..generation.answers import CHOICE_LETTERS, normalize_text
 
 
 class Choices(NamedTuple):

@@ -24,7 +24,7 @@ import torch
 
 from neuromas.diagnostics import UserError
 from neuromas.plan import Plan
-from neuromas.runtime.adapters import adapter_folders, load_adapters, save_adapters
+from ..models.adapters import adapter_folders, load_adapters, save_adapters
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"

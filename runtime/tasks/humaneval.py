@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from neuromas.diagnostics import UserError, did_you_mean
-from neuromas.runtime.sandbox import Limits, Outcome, run_python
+from .sandbox import Limits, Outcome, run_python
 
 DEFAULT_LIMITS = Limits(timeout_s=5.0, memory_mb=1024)
 LIMIT_SETTINGS = ("timeout_s", "memory_mb", "file_mb")  # --task-option names for the sandbox limits

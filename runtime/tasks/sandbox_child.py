@@ -1,6 +1,6 @@
 """A sandbox job on stdin -> limits and isolation on this fresh interpreter, then the untrusted program.
 
-Started by `neuromas.runtime.sandbox` as `python -I -B sandbox_child.py`; never imported.
+Started by `neuromas.runtime.tasks.sandbox` as `python -I -B sandbox_child.py`; never imported.
 Standard library only, so it runs under any interpreter. It reads one JSON message from
 stdin (the program, a nonce, the limits, the sandbox directory, the report descriptor),
 then, before any untrusted code runs: sets resource limits, enters a new network

@@ -87,7 +87,7 @@ def load_task(reference: str, options: TaskOptions) -> Task:
 
 def jsonl_task(path: str, options: TaskOptions) -> Task:
     """One JSON object per line, with a question field (the plan's input) and an answer field."""
-    from neuromas.runtime.data import read_records
+    from .data import read_records
 
     if options.options:
         raise UserError(f"jsonl tasks take no --task-option settings (got {', '.join(options.options)})", exit_code=2)
@@ -99,8 +99,8 @@ def jsonl_task(path: str, options: TaskOptions) -> Task:
 def hf_task(argument: str, options: TaskOptions) -> Task:
     """One split of a Hugging Face dataset (a hub id, a local folder, or FORMAT:FILE; see
     runtime/hf_data.py), its rows read like jsonl records."""
-    from neuromas.runtime.data import input_values
-    from neuromas.runtime.hf_data import DEFAULT_SPLIT, load_rows
+    from .data import input_values
+    from .hf_data import DEFAULT_SPLIT, load_rows
 
     rows, columns = load_rows(argument, dict(options.options))
     name = f"hf:{argument}"
@@ -125,7 +125,7 @@ def record_example(fields: Mapping[str, Any], inputs: Mapping[str, str], options
     answer = fields[options.answer_field]
     if options.choices_field is None:
         return Example(values, _as_text(answer), fields)
-    from neuromas.runtime.choices import answer_letter, read_choices, render_question
+    from .choices import answer_letter, read_choices, render_question
 
     choices = read_choices(fields[options.choices_field], where)
     first = options.input_names[0]
@@ -141,7 +141,7 @@ def _input_fields(options: TaskOptions) -> tuple[str, ...]:
 
 def _check_columns(name: str, columns: Sequence[str], options: TaskOptions) -> None:
     """Every field the task reads is a column, or UserError listing the columns."""
-    from neuromas.runtime.data import SINGLE_INPUT_ALIASES
+    from .data import SINGLE_INPUT_ALIASES
 
     shown = ", ".join(columns)
     if len(options.input_names) == 1:
@@ -162,7 +162,7 @@ def _record_task(name: str, examples: list[Example], options: TaskOptions) -> Ta
     """A task over data records; a multiple-choice one scores the letter in the whole output."""
     if options.choices_field is None:
         return Task(name=name, examples=examples, seed=options.seed)
-    from neuromas.runtime.rewards import choice_letter
+    from .rewards import choice_letter
 
     def score(text: str, example: Example) -> float:
         return choice_letter(text, example.answer)
@@ -174,7 +174,7 @@ def humaneval_task(argument: str, options: TaskOptions) -> Task:
     """HumanEval problems (`all`, or numbers and ranges: `0-19,40`), scored by running the
     answer's code against the problem's tests in the sandbox (pass@1). Settings: the
     sandbox limits `timeout_s`, `memory_mb`, `file_mb`."""
-    from neuromas.runtime.humaneval import HumanEvalTask, limits_from_settings, select_problems
+    from .humaneval import HumanEvalTask, limits_from_settings, select_problems
 
     if len(options.input_names) != 1:
         raise UserError(f"humaneval gives one question; this system has inputs {', '.join(options.input_names)}")

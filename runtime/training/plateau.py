@@ -18,8 +18,8 @@ import torch
 
 from neuromas.plan import GrowthStage
 
-from .evaluate import evaluate
-from .tasks import Task
+from ..tasks.evaluate import evaluate
+from ..tasks.registry import Task
 from .train import AnswerScorer, TrainSession, _keep_metrics_until
 
 EVALS_FILE = "evals.jsonl"

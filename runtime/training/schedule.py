@@ -28,8 +28,8 @@ from neuromas.plan import GrowthStage, Plan
 from .checkpoint import newest_verified, plan_fingerprint, save_checkpoint
 from .growth import carry_optimizer_state, grow_model
 from .plateau import EvalSettings, evaluate_held_out, has_plateaued, is_due, read_evals, step_trigger_only
-from .rollout import Runtime
-from .tasks import Task
+from ..generation.rollout import Runtime
+from ..tasks.registry import Task
 from .train import (StopRequest, TrainSession, TrainSettings, is_stop_requested, make_scorer, save_if_unsaved,
                     start_session, train_step)
 from .update import make_optimizer, prepare_for_update

@@ -10,9 +10,9 @@ import msgspec
 
 from neuromas.plan import Plan
 
-from .rollout import Answer, Runtime
+from ..generation.rollout import Answer, Runtime
 from .stats import Interval, wilson_interval
-from .tasks import Example, Task
+from .registry import Example, Task
 
 CORRECT = 1.0  # a score that reaches this counts as a correct answer
 

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from neuromas.runtime.failures import in_phase
-from neuromas.runtime.loss import LossNorm, policy_terms, reduce_loss
+from ..failures import in_phase
+from .loss import LossNorm, policy_terms, reduce_loss
 
 if TYPE_CHECKING:
-    from neuromas.runtime.distributed import DataParallel
+    from .distributed import DataParallel
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 DEFAULT_TOKEN_BUDGET = 4096  # padded tokens per micro-batch
