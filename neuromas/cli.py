@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from neuromas.diagnostics import CompileError, UserError
 
 # Each module defines `add_parser(subparsers)` and `run(args) -> int`.
-COMMANDS = ("check", "fmt", "compile", "run", "rollout", "train", "grow", "eval", "plot", "report")
+COMMANDS = ("check", "fmt", "compile", "run", "rollout", "train", "grow", "eval", "plot", "report", "serve", "experiment")
 
 EXAMPLE = """example:
   neuromas compile specs/neuromas3.nmas
@@ -32,9 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """The parser, built once per process (parsing leaves it unchanged)."""
+    return build_parser()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0), or a usage error argparse has printed (2)
+        return done.code if isinstance(done.code, int) else 2
     try:
         return args.handler(args)
     except CompileError as err:

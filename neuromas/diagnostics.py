@@ -7,20 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    """A region of a spec file; lines and columns start at 1, `end_column` is exclusive."""
-
-    file: str
-    line: int
-    column: int
-    end_line: int
-    end_column: int
-
-    @classmethod
-    def point(cls, file: str, line: int, column: int, width: int = 1) -> Span:
-        return cls(file, line, column, line, column + width)
+from neuromas.spans import Span
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +16,11 @@ class Diagnostic:
     message: str
     hint: str | None = None
     severity: Literal["error", "warning"] = "error"
+    text: str | None = None  # the text of `span.file` when it is not the spec's (a template's)
 
     def render(self, source: str | None) -> str:
         """The message with the offending line and a caret under the span."""
+        source = self.text if self.text is not None else source
         if self.span is None:
             lines = [f"{self.severity}: {self.message}"]
         else:

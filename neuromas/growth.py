@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from neuromas import ir, plan
 from neuromas.diagnostics import Diagnostic, did_you_mean
-from neuromas.lower import SpanIndex
+from neuromas.spans import SpanIndex
 
 
 @dataclass(frozen=True)

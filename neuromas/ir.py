@@ -6,8 +6,22 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Sharing = Literal["per_node", "per_layer", "shared", "frozen"]
+from neuromas.vocabulary import Algorithm, AnswerFormat, InitKind, LossNorm, PatternKind, Sharing
+
 PositiveInt = Annotated[int, Field(ge=1)]
+
+# Upper bounds: far beyond any sensible value, so that a typo is an error at `check`
+# instead of an overflow, a refusal by a server, or a run that takes hours.
+MAX_TOKENS = 1_048_576  # 2**20: more than any model's context, for max_tokens and max_prompt_tokens
+MAX_TEMPERATURE = 2.0  # the range vLLM and OpenAI-style servers accept
+MAX_LORA_RANK = 1024  # also bounded by the model's hidden size when adapters are attached
+MAX_GROUP = 4096
+MAX_BATCH = 65_536
+MAX_STEPS = 1_000_000_000
+MAX_EPOCHS = 1000
+MAX_SEED = 2**63 - 1
+TokenCount = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -27,15 +41,15 @@ class IRModel(BaseModel):
 
 
 class Lora(IRModel):
-    rank: PositiveInt = 16
+    rank: int = Field(default=16, ge=1, le=MAX_LORA_RANK)
     alpha: float = Field(default=32.0, gt=0)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     targets: tuple[str, ...] = Field(default=("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1)
 
 
 class Generation(IRModel):
-    max_tokens: PositiveInt = 128
-    temperature: float = Field(default=1.0, ge=0)
+    max_tokens: TokenCount = 128
+    temperature: float = Field(default=1.0, ge=0, le=MAX_TEMPERATURE)
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: tuple[str, ...] = ()
 
@@ -70,10 +84,10 @@ class Layer(IRModel):
 class Pattern(IRModel):
     """How the nodes of two layers connect."""
 
-    kind: Literal["dense", "one_to_one", "window", "random"] = "dense"
+    kind: PatternKind = "dense"
     k: PositiveInt | None = None  # window(k): node i reads source nodes i-k+1 .. i+k-1
     p: float | None = Field(default=None, gt=0, le=1)  # random(p): each pair with probability p
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 class Endpoint(IRModel):
@@ -93,27 +107,27 @@ class Edge(IRModel):
 class Output(IRModel):
     layer: str
     vote: bool = False  # majority vote over the layer's answers (self-consistency)
-    answer_format: Literal["text", "number", "choice"] | None = None  # how the answer is read
+    answer_format: AnswerFormat | None = None  # how the answer is read
 
 
 class Train(IRModel):
-    algorithm: Literal["grpo", "reinforce", "rloo"] = "grpo"
-    group: PositiveInt = 4  # samples per input for group baselines
+    algorithm: Algorithm = "grpo"
+    group: int = Field(default=4, ge=1, le=MAX_GROUP)  # samples per input for group baselines
     lr: float = Field(default=1e-4, gt=0)
     kl: float = Field(default=0.0, ge=0)
     clip: float = Field(default=0.2, gt=0)
     reward: str = "exact_match"  # a built-in, or "package.module:function"
-    loss_norm: Literal["token", "sequence"] = "token"
+    loss_norm: LossNorm = "token"
     grad_clip: float = Field(default=1.0, gt=0)
-    batch: PositiveInt = 4  # inputs per step
-    steps: PositiveInt = 100
-    epochs: PositiveInt = 1
+    batch: int = Field(default=4, ge=1, le=MAX_BATCH)  # inputs per step
+    steps: Steps = 100
+    epochs: int = Field(default=1, ge=1, le=MAX_EPOCHS)
 
 
 class Init(IRModel):
     """How a grown node's adapter starts."""
 
-    kind: Literal["copy", "mean", "zero"]
+    kind: InitKind
     source: str | None = None  # node id or layer for copy, layer for mean
 
 
@@ -154,15 +168,15 @@ GrowthOp = Annotated[Resize | Widen | Insert | EdgeRule | AddEdge, Field(discrim
 class Stage(IRModel):
     name: str
     ops: tuple[GrowthOp, ...]
-    after_steps: int | None = Field(default=None, ge=0)
-    plateau_evals: PositiveInt | None = None
+    after_steps: int | None = Field(default=None, ge=0, le=MAX_STEPS)
+    plateau_evals: Steps | None = None
 
 
 class System(IRModel):
     name: str
     model: str = "smollm2-135m-instruct"
     adapter: Lora = Lora()
-    max_prompt_tokens: PositiveInt = 2048
+    max_prompt_tokens: TokenCount = 2048
     inputs: tuple[str, ...]
     layers: tuple[Layer, ...]
     edges: tuple[Edge, ...]

@@ -13,40 +13,16 @@ from typing import Any
 import pydantic
 
 from neuromas import ast, ir
-from neuromas.diagnostics import CompileError, Diagnostic, Span, did_you_mean, quoted
-
-Path = tuple[Any, ...]
+from neuromas.diagnostics import CompileError, Diagnostic, did_you_mean, quoted
+from neuromas.ir_errors import diagnostic_from_pydantic
+from neuromas.spans import Path, Span, SpanIndex
+from neuromas.vocabulary import ANSWER_FORMATS, INIT_KINDS, PATTERNS
 
 GENERATION_SETTINGS = tuple(ir.Generation.model_fields)
 NODE_SETTINGS = (*GENERATION_SETTINGS, "template", "share")
 DEFAULT_SETTINGS = (*NODE_SETTINGS, "max_prompt_tokens")
 TRAIN_SETTINGS = tuple(ir.Train.model_fields)
 LORA_ARGUMENTS = tuple(ir.Lora.model_fields)
-PATTERNS = ("dense", "one_to_one", "window", "random")
-INIT_KINDS = ("copy", "mean", "zero")
-ANSWER_FORMATS = ("text", "number", "choice")  # how the answer node's text is read (runtime/answers.py)
-
-
-class SpanIndex:
-    """Where each piece of IR data came from, keyed by its path into the data."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self._spans: dict[Path, Span] = {}
-
-    def add(self, path: Path, span: Span) -> None:
-        self._spans.setdefault(path, span)
-
-    def has(self, path: Path) -> bool:
-        return path in self._spans
-
-    def find(self, path: Path) -> Span | None:
-        """The span of `path`, or of its longest prefix that has one."""
-        for end in range(len(path), -1, -1):
-            span = self._spans.get(tuple(path[:end]))
-            if span is not None:
-                return span
-        return None
 
 
 def lower(spec: ast.SpecFile) -> tuple[ir.System, SpanIndex]:
@@ -59,7 +35,7 @@ def lower(spec: ast.SpecFile) -> tuple[ir.System, SpanIndex]:
         system = ir.System.model_validate(_as_tuples(data))
     except pydantic.ValidationError as err:
         reported = {d.span for d in diagnostics}  # a value lowering rejected fails validation too: say it once
-        found = (_from_pydantic(error, lowering.spans) for error in err.errors())
+        found = (diagnostic_from_pydantic(error, lowering.spans) for error in err.errors())
         diagnostics += [d for d in found if d.span not in reported]
     if diagnostics:
         raise CompileError(_sorted(diagnostics), spec.source)
@@ -410,43 +386,3 @@ def _keyword(statement: ast.Statement) -> str:
 
 def _show(value: ast.Value) -> str:
     return value.text if isinstance(value, ast.Number) else getattr(value, "value", "?")
-
-
-_PHRASES = {
-    "greater_than": "must be greater than {gt}",
-    "greater_than_equal": "must be at least {ge}",
-    "less_than": "must be less than {lt}",
-    "less_than_equal": "must be at most {le}",
-    "int_type": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "int_parsing": "must be a whole number",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "finite_number": "must be a finite number",
-    "string_type": "must be a string or a name",
-    "tuple_type": "must be a [list]",
-    "bool_type": "must be true or false",
-    "literal_error": "must be one of {expected}",
-    "too_short": "must not be empty",
-    "union_tag_invalid": "is not a known operation",
-    "model_type": "must be a block",
-}
-
-
-# IR field names that read differently in a spec: `after 300 steps or plateau 3 evals`.
-_FIELD_WORDS = {"after_steps": "steps", "plateau_evals": "evals"}
-
-
-def _from_pydantic(error: Any, spans: SpanIndex) -> Diagnostic:
-    loc = tuple(error["loc"])
-    field_names = [part for part in loc if isinstance(part, str) and part not in ("generation",) and not part.startswith("_")]
-    field = _FIELD_WORDS.get(field_names[-1], field_names[-1]) if field_names else "value"
-    template = _PHRASES.get(error["type"])
-    # bounds as a spec writes them: `at least 0`, not `at least 0.0`
-    context = {key: int(value) if isinstance(value, float) and value.is_integer() else value for key, value in (error.get("ctx") or {}).items()}
-    phrase = template.format(**context) if template else error["msg"].lower()
-    found = error.get("input")
-    message = f"{field} {phrase}"
-    if not isinstance(found, (dict, list, tuple)) and found is not None:
-        message += f", found {found!r}" if isinstance(found, str) else f", found {found}"
-    return Diagnostic(spans.find(loc), message)

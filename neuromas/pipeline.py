@@ -13,7 +13,7 @@ from neuromas import ir, plan
 from neuromas.diagnostics import CompileError, Diagnostic
 from neuromas.emit import emit_plan
 from neuromas.growth import GrownStage, grow, origins
-from neuromas.lower import SpanIndex, lower
+from neuromas.lower import lower
 from neuromas.passes.assign_adapters import assign_adapters
 from neuromas.passes.assign_levels import assign_levels
 from neuromas.passes.batch_levels import batch_levels
@@ -22,6 +22,7 @@ from neuromas.passes.order_prompts import order_prompts
 from neuromas.passes.prune_unreachable import prune_unreachable
 from neuromas.passes.resolve_edges import resolve_edges
 from neuromas.passes.verify import verify_ir
+from neuromas.spans import SpanIndex
 from neuromas.syntax import parse_text
 from neuromas.templates import load_templates
 from neuromas.validate import check_graph, check_system
@@ -57,22 +58,40 @@ def compile_source(
     """Compile spec text; raises CompileError with every problem found.
 
     `base_dir` is the folder relative paths (templates) resolve against; `verify`
-    (default: env NEUROMAS_VERIFY=1) checks the IR after every pass.
+    (default: env NEUROMAS_VERIFY=1) checks the IR after every pass. The spec's system
+    and each grown stage's system go through the same chain: `checked_graph`, then
+    `emit`.
     """
     if verify is None:
         verify = os.environ.get("NEUROMAS_VERIFY") == "1"
     with _collector_paused():
         spec = parse_text(source, file)
         system, spans = lower(spec)
-        _raise_errors(check_system(system, spans), source)
-        graph = _checked_graph(system, spans, source, verify)
+        graph = checked_graph(system, spans, source, verify)
         stages, problems = grow(expand_repeats(system), spans)
         _raise_errors(problems, source)
         templates, problems = load_templates(system, spans, base_dir or Path.cwd(), allow_outside_paths)
         _raise_errors(problems, source)
-        base = emit_plan(run_passes(graph, BACK_PASSES, verify), templates)
-        growth = _compile_stages(stages, spans, source, templates, verify)
-        return plan.Plan(**{**_fields(base), "growth": growth})
+        base = emit(graph, templates, verify)
+        return plan.Plan(**{**_fields(base), "growth": _compile_stages(stages, spans, source, templates, verify)})
+
+
+def checked_graph(system: ir.System, spans: SpanIndex, source: str, verify: bool, stage: str | None = None) -> ir.Graph:
+    """The first half of the chain: layer rules, edges resolved, graph rules; raises
+    CompileError. Problems of a grown stage's system say which stage grew them."""
+    problems = check_system(system, spans)
+    if not _has_errors(problems):
+        graph = run_passes(system, FRONT_PASSES, verify)
+        problems += check_graph(graph, spans, system)
+    if stage is not None:
+        problems = [Diagnostic(d.span, f"after growth stage '{stage}': {d.message}", d.hint, d.severity) for d in problems]
+    _raise_errors(problems, source)
+    return graph
+
+
+def emit(graph: ir.Graph, templates: dict[str, str], verify: bool, stage: str | None = None) -> plan.Plan:
+    """The second half of the chain: the back passes, then the plan."""
+    return emit_plan(run_passes(graph, BACK_PASSES, verify), templates, stage=stage)
 
 
 @contextmanager
@@ -88,35 +107,23 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _checked_graph(system: ir.System, spans: SpanIndex, source: str, verify: bool) -> ir.Graph:
-    graph = run_passes(system, FRONT_PASSES, verify)
-    _raise_errors(check_graph(graph, spans, system), source)
-    return graph
-
-
 def _compile_stages(
     stages: list[GrownStage], spans: SpanIndex, source: str, templates: dict[str, str], verify: bool
 ) -> tuple[plan.GrowthStage, ...]:
     compiled: list[plan.GrowthStage] = []
     trained: plan.Plan | None = None
     for index, grown in enumerate(stages):
-        where = SpanIndex(spans.file)
+        name = grown.stage.name
+        where = SpanIndex(spans.file)  # a grown system's problems are reported at its stage
         where.add((), spans.find(("growth", index)))
-        problems = check_system(grown.system, where)
-        if not problems:
-            graph = run_passes(grown.system, FRONT_PASSES, verify)
-            problems = check_graph(graph, where, grown.system)
-        if any(d.severity == "error" for d in problems):
-            name = grown.stage.name
-            _raise_errors([Diagnostic(d.span, f"after growth stage '{name}': {d.message}", d.hint) for d in problems], source)
-        stage_plan = emit_plan(run_passes(graph, BACK_PASSES, verify), templates, stage=grown.stage.name)
+        stage_plan = emit(checked_graph(grown.system, where, source, verify, stage=name), templates, verify, stage=name)
         stage_origins, untrained = origins(grown, stage_plan, trained)
         if untrained and trained is not None:
-            message = f"growth stage '{grown.stage.name}' copies {', '.join(untrained)}, which stage '{trained.stage}' removed (its text reaches no output): it has no trained adapter"
+            message = f"growth stage '{name}' copies {', '.join(untrained)}, which stage '{trained.stage}' removed (its text reaches no output): it has no trained adapter"
             _raise_errors([Diagnostic(spans.find(("growth", index)), message, "copy a layer, or a node whose text reaches an output")], source)
         compiled.append(
             plan.GrowthStage(
-                name=grown.stage.name,
+                name=name,
                 after_steps=grown.stage.after_steps,
                 plateau_evals=grown.stage.plateau_evals,
                 plan=stage_plan,
@@ -131,6 +138,10 @@ def _fields(struct: Any) -> dict[str, Any]:
     return {name: getattr(struct, name) for name in struct.__struct_fields__}
 
 
+def _has_errors(diagnostics: list[Diagnostic]) -> bool:
+    return any(d.severity == "error" for d in diagnostics)
+
+
 def _raise_errors(diagnostics: list[Diagnostic], source: str) -> None:
-    if any(d.severity == "error" for d in diagnostics):
+    if _has_errors(diagnostics):
         raise CompileError(diagnostics, source)

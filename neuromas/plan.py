@@ -13,6 +13,8 @@ from typing import Literal
 
 import msgspec
 
+from neuromas.vocabulary import Algorithm, AnswerFormat, LossNorm, OriginKind
+
 SCHEMA_VERSION = 1
 
 _NODE_ID = re.compile(r"^(?P<layer>[A-Za-z_][A-Za-z0-9_]*(?:\.\d+)?)\[(?P<index>\d+)\]$")
@@ -79,7 +81,7 @@ class Node(_Struct):
     generation: Generation
     reads: tuple[Source, ...]  # in prompt order: what the node's call shares comes first
     is_output: bool = False
-    answer_format: str | None = None
+    answer_format: AnswerFormat | None = None
 
 
 class Call(_Struct):
@@ -107,17 +109,17 @@ class Output(_Struct):
     layer: str
     nodes: tuple[str, ...]
     aggregate: Literal["single", "vote"] = "single"
-    answer_format: str | None = None
+    answer_format: AnswerFormat | None = None
 
 
 class Train(_Struct):
-    algorithm: Literal["grpo", "reinforce", "rloo"]
+    algorithm: Algorithm
     group: int
     lr: float
     kl: float
     clip: float
     reward: str  # a built-in name, or "package.module:function"
-    loss_norm: Literal["token", "sequence"]
+    loss_norm: LossNorm
     grad_clip: float
     batch: int  # inputs per step
     steps: int
@@ -128,7 +130,7 @@ class Origin(_Struct):
     """Where a node of a grown stage gets its adapter from."""
 
     node: str
-    kind: Literal["keep", "copy", "mean", "zero"]
+    kind: OriginKind
     source: str | None = None  # node id (keep, copy) or layer name (mean)
 
 
@@ -175,10 +177,17 @@ class Plan(_Struct, kw_only=True):
         known = ", ".join(stage.name for stage in self.growth) or "none"
         raise KeyError(f"no growth stage {name!r} (stages: {known})")
 
-    def with_answer_format(self, answer_format: str) -> Plan:
+    def with_answer_format(self, answer_format: AnswerFormat) -> Plan:
         """This plan with every output's answer read as `answer_format` (text, number, choice)."""
         outputs = tuple(msgspec.structs.replace(output, answer_format=answer_format) for output in self.outputs)
         return msgspec.structs.replace(self, outputs=outputs)
+
+    def with_lora_rank(self, rank: int) -> Plan:
+        """This plan (and its growth stages' plans) with LoRA rank `rank`. Alpha scales with
+        the rank, so the adapter's scale alpha / rank is unchanged."""
+        adapter = msgspec.structs.replace(self.adapter, rank=rank, alpha=self.adapter.alpha * rank / self.adapter.rank)
+        growth = tuple(msgspec.structs.replace(stage, plan=stage.plan.with_lora_rank(rank)) for stage in self.growth)
+        return msgspec.structs.replace(self, adapter=adapter, growth=growth)
 
     def to_json(self) -> bytes:
         return msgspec.json.encode(self)

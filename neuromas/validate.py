@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from neuromas import ir
-from neuromas.diagnostics import Diagnostic, Span, did_you_mean
-from neuromas.lower import SpanIndex
+from neuromas.diagnostics import Diagnostic, did_you_mean
+from neuromas.spans import Span, SpanIndex
 from neuromas.passes.assign_levels import CycleError, node_levels
 from neuromas.passes.prune_unreachable import reaching_outputs
 

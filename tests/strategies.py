@@ -22,6 +22,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from neuromas.passes.resolve_edges import connect
+from neuromas.vocabulary import ALGORITHMS, ANSWER_FORMATS, LOSS_NORMS, SHARINGS
 
 # Names that are keywords elsewhere in the grammar, but not where a layer name may
 # start a statement (keywords are reserved only where they are expected).
@@ -35,7 +36,7 @@ MAX_TOKENS = (("64", 64), ("1", 1), ("256", 256), ("+32", 32))
 TEMPERATURES = (("0", 0), ("0.7", 0.7), ("1.0", 1.0), (".3", 0.3), ("15e-1", 1.5), ("1", 1))
 TOP_PS = (("0.9", 0.9), ("1", 1), ("9.5e-1", 0.95))
 STOPS = (('"END"', ("END",)), ('["\\n\\n", "Q:"]', ("\n\n", "Q:")), ("[]", ()), ('"Ω \\"x\\""', ('Ω "x"',)))
-SHARES = ("per_node", "per_layer", "shared", "frozen")
+SHARES = SHARINGS
 PROBABILITIES = (("0.5", 0.5), (".5", 0.5), ("5e-1", 0.5), ("0.25", 0.25), ("1", 1.0), ("0.9", 0.9))
 
 
@@ -487,19 +488,19 @@ def _layer_text(writer: _Writer, layer: _Layer) -> str:
 def _output_text(draw: Any, name: str, vote: bool) -> str:
     text = f"output {name}" + (" vote" if vote else "")
     if draw(st.integers(0, 3)) == 0:
-        text += " format " + json.dumps(draw(st.sampled_from(("text", "number", "choice"))))
+        text += " format " + json.dumps(draw(st.sampled_from(ANSWER_FORMATS)))
     return text
 
 
 def _train_text(draw: Any, writer: _Writer) -> str:
     choices = {
-        "algorithm": ("grpo", "reinforce", "rloo"),
+        "algorithm": ALGORITHMS,
         "group": ("8", "2"),
         "lr": ("1e-4", "0.001", "3E-5"),
         "kl": ("0.0", "0.01"),
         "clip": ("0.2",),
         "reward": ("exact_match", '"my_rewards.scoring:score"'),
-        "loss_norm": ("token", "sequence"),
+        "loss_norm": LOSS_NORMS,
         "grad_clip": ("1.0",),
         "batch": ("4",),
         "steps": ("100", "7"),

@@ -44,3 +44,13 @@ def test_debug_lets_the_error_through(tmp_path: Path) -> None:
     spec.write_text("system s {\n    layr a width 1\n}\n", encoding="utf-8")
     with pytest.raises(CompileError, match="unknown statement 'layr'"):
         main(["--debug", "compile", str(spec)])
+
+
+def test_check_refuses_what_is_not_a_regular_file_and_goes_on(tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "ok.nmas"
+    spec.write_text("system s {\n    input q\n    layer a width 1\n    a <- q\n    output a\n}\n", encoding="utf-8")
+    assert main(["check", "/dev/zero", str(tmp_path), str(spec)]) == 2
+    out, err = capsys.readouterr()
+    assert err == (f"error: cannot read spec '/dev/zero': not a regular file (a character device)\n"
+                   f"error: cannot read spec '{tmp_path}': not a regular file (a folder)\n")
+    assert out == f"ok {spec}: 1 node, 1 level, 1 call per rollout\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neuromas import plan
+from neuromas import ast, ir, plan
 from neuromas.diagnostics import CompileError
 from neuromas.format import format_spec
 from neuromas.lower import lower
@@ -168,6 +168,57 @@ def test_mutations_only_raise_compile_errors(data: bytes) -> None:
         assert err.render()
         return
     assert plan.Plan.from_json(result.to_json()) == result
+
+
+# bounds --------------------------------------------------------------------------------------
+
+# A setting, how a spec writes it (on line 6 of BOUNDED_SPEC), and its allowed range.
+BOUNDED = {
+    "max_tokens": ("defaults {{ max_tokens {} }}", 1, ir.MAX_TOKENS),
+    "max_prompt_tokens": ("defaults {{ max_prompt_tokens {} }}", 1, ir.MAX_TOKENS),
+    "temperature": ("defaults {{ temperature {} }}", 0, ir.MAX_TEMPERATURE),
+    "rank": ("adapter lora(rank = {})", 1, ir.MAX_LORA_RANK),
+    "group": ("train {{ group {} }}", 1, ir.MAX_GROUP),
+    "batch": ("train {{ batch {} }}", 1, ir.MAX_BATCH),
+    "steps": ("train {{ steps {} }}", 1, ir.MAX_STEPS),
+    "epochs": ("train {{ epochs {} }}", 1, ir.MAX_EPOCHS),
+}
+BOUNDED_SPEC = "system s {{\n    input q\n    layer a width 1\n    a <- q\n    output a\n    {}\n}}\n"
+
+
+@st.composite
+def bounded_settings(draw, inside: bool) -> tuple[str, str, int | float]:
+    name = draw(st.sampled_from(sorted(BOUNDED)))
+    _, low, high = BOUNDED[name]
+    if isinstance(high, float):
+        values = st.floats(low, high) if inside else st.floats(high, 1e300, exclude_min=True) | st.floats(-1e300, low, exclude_max=True)
+    else:
+        values = st.integers(low, high) if inside else st.integers(high + 1, 10**30) | st.integers(-(10**30), low - 1)
+    value = draw(values)
+    return name, BOUNDED[name][0].format(repr(value)), value
+
+
+@examples(300)
+@given(bounded_settings(inside=False))
+def test_every_bound_names_its_range_where_it_is_broken(setting: tuple[str, str, int | float]) -> None:
+    name, line, value = setting
+    _, low, high = BOUNDED[name]
+    try:
+        compiled(BOUNDED_SPEC.format(line))
+    except CompileError as err:
+        (diagnostic,) = err.diagnostics
+        shown_high = int(high) if float(high).is_integer() else high
+        found = ast.Number(repr(value), diagnostic.span).value  # as the spec reads it: `1e+16` is a whole number
+        assert diagnostic.message == f"{name} must be between {low} and {shown_high}, found {found}"
+        assert diagnostic.span.line == 6
+        return
+    raise AssertionError(f"{line} compiled")
+
+
+@examples(100)
+@given(bounded_settings(inside=True))
+def test_values_inside_every_bound_compile(setting: tuple[str, str, int | float]) -> None:
+    compiled(BOUNDED_SPEC.format(setting[1]))
 
 
 # plans ---------------------------------------------------------------------------------------

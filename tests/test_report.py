@@ -40,7 +40,7 @@ def test_report_compares_eval_results_and_runs_and_draws_them(tmp_path, capsys):
     trained = eval_result(tmp_path / "n3.json", system="neuromas3", correct=30, n=40, low=0.599, high=0.859)
     run = training_run(tmp_path / "run", [0.0] * 20 + [0.5] * 5 + [1.0] * 5)
     png = tmp_path / "out" / "report.png"
-    assert main(["report", str(single), str(trained), str(run), "--png", str(png)]) == 0
+    assert main(["report", str(single), str(trained), str(run), "-o", str(png)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["run", "system", "task", "n"] and "reward (last 10)" in lines[0]
     assert lines[2].split()[:4] == ["single", "single", "jsonl:data/test.jsonl", "40"]
@@ -61,7 +61,7 @@ def test_report_of_runs_only_and_the_last_option(tmp_path, capsys):
     first = training_run(tmp_path / "a" / "run", [0.0, 1.0, 1.0], system="small")
     second = training_run(tmp_path / "b" / "run", [0.5, 0.5, 0.0, 0.0], system="grown")
     png = tmp_path / "runs.png"
-    assert main(["report", str(first), str(second), "--last", "2", "--png", str(png)]) == 0
+    assert main(["report", str(first), str(second), "--last", "2", "-o", str(png)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "reward (last 2)" in lines[0]
     assert lines[2].split()[0] == str(first) and lines[2].split()[-2:] == ["3", "1.000"]  # same names: whole paths
@@ -85,7 +85,7 @@ def test_report_errors_name_the_input(tmp_path, capsys, make, message):
 def test_report_usage_errors_exit_2(tmp_path, capsys):
     run = training_run(tmp_path / "run", [0.0])
     assert main(["report", str(run), "--last", "0"]) == 2
-    assert "--last must be at least 1" in capsys.readouterr().err
+    assert "argument --last: must be from 1 to 2147483647, got 0" in capsys.readouterr().err
 
 
 def test_building_the_cli_imports_neither_matplotlib_nor_torch():

@@ -6,14 +6,15 @@ import argparse
 import sys
 
 import neuromas
-from neuromas.diagnostics import CompileError
+from neuromas.commands.options import command_parser
+from neuromas.diagnostics import CompileError, UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("check", help="check specs for errors", description="Check .nmas specs; print every problem found.",
-                                   epilog="example: neuromas check specs/*.nmas")
+    parser = command_parser(subparsers, "check", help="check specs for errors",
+                            description="Check .nmas specs; print every problem found.",
+                            epilog="example: neuromas check specs/*.nmas", groups=("spec",))
     parser.add_argument("specs", nargs="+", metavar="SPEC")
-    parser.add_argument("--allow-outside-paths", action="store_true", help="let specs name files outside their folder")
     parser.set_defaults(handler=run)
 
 
@@ -24,6 +25,10 @@ def run(args: argparse.Namespace) -> int:
             plan = neuromas.compile(spec, allow_outside_paths=args.allow_outside_paths)
         except CompileError as err:
             print(err.render(), file=sys.stderr)
+            failed += 1
+            continue
+        except UserError as err:  # not a regular file, unreadable: the other specs are still checked
+            print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
         for warning in plan.warnings:

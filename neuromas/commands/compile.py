@@ -7,44 +7,39 @@ import sys
 from pathlib import Path
 
 import neuromas
+from neuromas.commands.options import add_spec_argument, command_parser
+from neuromas.commands.paths import check_out_file
 from neuromas.diagnostics import UserError
 
 FORMATS = ("text", "json", "dot", "svg", "png")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "compile", help="show a spec's execution plan", description="Compile a .nmas spec into its execution plan.",
+    parser = command_parser(
+        subparsers, "compile", help="show a spec's execution plan",
+        description="Compile a .nmas spec into its execution plan (to standard output, or to -o FILE).",
         epilog="examples:\n  neuromas compile specs/neuromas3.nmas\n  neuromas compile specs/neuromas3.nmas --format png -o neuromas3.png\n"
         "  neuromas compile specs/growth.nmas --stage wide --format json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        groups=("spec", "stage", "out-file"),
     )
-    parser.add_argument("spec", metavar="SPEC")
+    add_spec_argument(parser)
     parser.add_argument("--format", choices=FORMATS, default=None, help="output format (default: from -o's suffix, else text)")
-    parser.add_argument("-o", "--output", metavar="PATH", help="write here instead of standard output")
-    parser.add_argument("--stage", metavar="NAME", help="the plan of this growth stage")
-    parser.add_argument("--allow-outside-paths", action="store_true", help="let the spec name files outside its folder")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     image_format = args.format or _format_from_suffix(args.output)
-    plan = neuromas.compile(args.spec, allow_outside_paths=args.allow_outside_paths)
-    if args.stage is not None:
-        try:
-            plan = plan.stage_plan(args.stage).plan
-        except KeyError as err:
-            raise UserError(err.args[0], exit_code=2) from None
+    plan = neuromas.compile(args.spec, stage=args.stage, allow_outside_paths=args.allow_outside_paths)
+    path = check_out_file(args.output) if args.output is not None else None
+    if path is None and image_format in ("svg", "png"):
+        raise UserError(f"--format {image_format} is binary: give a file with -o", exit_code=2)
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     data = _render(plan, image_format)
-    if args.output is None:
-        if isinstance(data, bytes):
-            raise UserError(f"--format {image_format} is binary: give a file with -o", exit_code=2)
+    if path is None:
         sys.stdout.write(data)
         return 0
     try:
-        path = Path(args.output)
         path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data, encoding="utf-8")
     except OSError as err:
         raise UserError(f"cannot write '{args.output}': {err.strerror or err}") from None

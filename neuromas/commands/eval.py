@@ -4,43 +4,39 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from neuromas.commands.run import add_runtime_options, build_runtime, load_plan
-from neuromas.commands.task_options import TASK_HELP, add_task_options, task_from_args
+from neuromas.commands import assemble
+from neuromas.commands.assemble import DEFAULT_BATCH, TASK_HELP
+from neuromas.commands.options import COUNT, SEED, add_spec_argument, command_parser
+from neuromas.commands.paths import check_out_file
 from neuromas.diagnostics import UserError
-from neuromas.lower import ANSWER_FORMATS
-
-HELD_OUT_SEED = 1_000  # default data seed: examples other than training's (seed 0)
+from neuromas.runtime.tasks.evaluate import HELD_OUT_SEED
 
 EXAMPLES = f"""examples:
-  neuromas eval specs/neuromas3.nmas --task reasoning_gym:basic_arithmetic --n 100 --out n3.json
-  neuromas eval specs/neuromas3.nmas --task reasoning_gym:basic_arithmetic --n 100 --checkpoint runs/n3 --out n3-trained.json
+  neuromas eval specs/neuromas3.nmas --task reasoning_gym:basic_arithmetic --n 100 -o n3.json
+  neuromas eval specs/neuromas3.nmas --task reasoning_gym:basic_arithmetic --n 100 --checkpoint runs/n3 -o n3-trained.json
   neuromas eval --compare n3.json n3-trained.json single.json
 
 {TASK_HELP}
 
 The data seed (--data-seed, default {HELD_OUT_SEED}) differs from training's default, so
-procedural tasks give held-out questions."""
+procedural tasks give held-out questions. A data file with fewer than --n questions is
+evaluated on each of its questions once (with a warning)."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval", help="measure a system's accuracy on a task",
-        description="Evaluate a system on a task: accuracy (Wilson 95% interval), tokens, calls and seconds per question.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        subparsers, "eval", help="measure a system's accuracy on a task",
+        description="Evaluate a system on a task: accuracy (Wilson 95% interval), tokens, calls and seconds per "
+                    "question; -o FILE also writes the result as JSON.",
+        epilog=EXAMPLES, groups=("spec", "stage", "model", "runtime", "checkpoint", "sampling", "batch", "task", "backend", "out-file"),
     )
-    parser.add_argument("spec", metavar="SPEC", nargs="?")
-    parser.add_argument("--n", type=int, default=50, help="questions (default: 50)")
-    parser.add_argument("--batch", type=int, default=8, metavar="B", help="questions per rollout (default: 8)")
-    parser.add_argument("--checkpoint", metavar="DIR", help="trained adapters: a run folder (its newest checkpoint) or a checkpoint folder")
-    parser.add_argument("--data-seed", type=int, default=HELD_OUT_SEED, metavar="S", help=f"task seed (default: {HELD_OUT_SEED})")
-    parser.add_argument("--answer-format", choices=ANSWER_FORMATS,
-                        help="how the final answer is read (default: the spec's output format)")
-    parser.add_argument("--out", metavar="FILE", help="write the result as JSON")
-    parser.add_argument("--compare", nargs="+", metavar="RESULT", help="print these eval JSON files side by side (no SPEC)")
-    add_task_options(parser, required=False)
-    add_runtime_options(parser)
+    add_spec_argument(parser, optional=True)
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--n", type=COUNT, default=50, metavar="N", help="questions (default: 50)")
+    group.add_argument("--data-seed", type=SEED, default=HELD_OUT_SEED, metavar="S",
+                       help=f"task seed (default: {HELD_OUT_SEED})")
+    group.add_argument("--compare", nargs="+", metavar="RESULT", help="print these eval JSON files side by side (no SPEC)")
     parser.set_defaults(handler=run)
 
 
@@ -52,55 +48,33 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.spec is None or args.task is None:
         raise UserError("eval needs SPEC and --task (or --compare RESULT...)", exit_code=2)
-    if args.n < 1 or args.batch < 1:
-        raise UserError("--n and --batch must be at least 1", exit_code=2)
-    if args.checkpoint:
-        args.adapters = str(checkpoint_adapters(Path(args.checkpoint)))
-    plan = load_plan(args)
-    if args.answer_format is not None:
-        plan = plan.with_answer_format(args.answer_format)
-    task = task_from_args(args, plan.inputs, args.data_seed)
-    runtime = build_runtime(plan, args)
-    score = _scorer(plan, task, args)
+    assemble.use_checkpoint(args)
+    plan = assemble.load_plan(args)
+    task = assemble.load_task(args, plan.inputs, args.data_seed)
+    score = assemble.make_scorer(plan, task, args)
+    choice = assemble.check_backend(args)
+    assemble.check_adapters(plan, args)
+    out = check_out_file(args.output) if args.output is not None else None
+    n = min(args.n, len(task))
+    if n < args.n:
+        print(f"warning: --n {args.n}, but {task.name} has {n} question(s): evaluating each once", file=sys.stderr)
+    runtime = assemble.build_runtime(plan, choice, args.seed)
     from tqdm import tqdm
 
-    with tqdm(total=args.n, unit="q", file=sys.stderr, desc="eval") as bar:
-        result = evaluate(runtime, task, score, args.n, group=args.group, batch=args.batch, seed=args.seed,
+    group = args.group = args.group or 1  # the values used, for error messages too
+    args.batch = args.batch or DEFAULT_BATCH
+    with tqdm(total=n, unit="q", file=sys.stderr, desc="eval") as bar:
+        result = evaluate(runtime, task, score, n, group=group, batch=args.batch, seed=args.seed,
                           adapters=args.adapters, on_batch=bar.update)
     print(comparison_table([(args.spec, result)]), end="")
-    if args.out:
+    if out is not None:
         import msgspec
 
-        Path(args.out).write_bytes(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
+        try:
+            out.write_bytes(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
+        except OSError as err:
+            raise UserError(f"cannot write '{out}': {err.strerror or err}") from None
     return 0
-
-
-def checkpoint_adapters(path: Path) -> Path:
-    """The adapters folder of a checkpoint (verified against its manifest): `path/adapters`,
-    or that of the newest checkpoint of a run folder that verifies, or `path` itself when
-    it holds adapters."""
-    from neuromas.runtime.training.checkpoint import list_checkpoints, newest_verified, verify_checkpoint
-
-    if (path / "adapters").is_dir():
-        verify_checkpoint(path)
-        return path / "adapters"
-    if list_checkpoints(path):
-        newest, skipped = newest_verified(path)
-        for bad in skipped:
-            print(f"skipping {bad.path.name}: {bad.reason}", file=sys.stderr)
-        if newest is None:
-            raise UserError(f"no checkpoint in '{path}' passes its manifest check (see above)")
-        return newest / "adapters"
-    if path.is_dir() and any((child / "adapter_config.json").is_file() for child in path.iterdir()):
-        return path
-    raise UserError(f"'{path}' holds no checkpoint or adapters (expected a run folder, a checkpoint, or DIR/<slot>/)")
-
-
-def _scorer(plan, task, args):
-    from neuromas.runtime.training.train import make_scorer
-
-    plan_reward = plan.train.reward if plan.train is not None else "exact_match"
-    return make_scorer(plan_reward, task, args.reward, args.allow_code)
 
 
 def _read(path: str):

@@ -10,14 +10,16 @@ import tempfile
 from pathlib import Path
 
 from neuromas import read_spec
+from neuromas.commands.options import command_parser
 from neuromas.diagnostics import UserError
 from neuromas.format import format_spec
 from neuromas.syntax import parse_text
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("fmt", help="print a spec in canonical form", description="Print a .nmas spec in canonical form (comments kept).",
-                                   epilog="example: neuromas fmt --write specs/neuromas3.nmas")
+    parser = command_parser(subparsers, "fmt", help="print a spec in canonical form",
+                            description="Print a .nmas spec in canonical form (comments kept).",
+                            epilog="example: neuromas fmt --write specs/neuromas3.nmas")
     parser.add_argument("specs", nargs="+", metavar="SPEC")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="rewrite the files in place")

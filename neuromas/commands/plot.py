@@ -1,4 +1,5 @@
-"""`neuromas plot DIR`: a training run's metrics.jsonl -> a PNG of its reward and loss curves."""
+"""`neuromas plot DIR`: a training run's metrics.jsonl -> a PNG of its reward and loss curves,
+and, where the rows have them, each node's message length, entropy and answer overlap."""
 
 from __future__ import annotations
 
@@ -7,57 +8,77 @@ import json
 from pathlib import Path
 from typing import Any
 
+from neuromas.commands.options import command_parser, whole_number
+from neuromas.commands.paths import check_out_file
 from neuromas.diagnostics import UserError
 
 EXAMPLES = """examples:
   neuromas plot runs/n3                 # writes runs/n3/curves.png
   neuromas plot runs/n3 -o n3.png --smooth 10
 
-exit status: 0 ok, 2 usage, 1 no metrics to plot"""
+exit status: 0 ok, 2 usage (an output file that cannot be written), 1 no metrics to plot (or damaged ones)"""
 
 METRICS_FILE = "metrics.jsonl"
+NUMBER_FIELDS = ("reward_mean", "reward_std", "accuracy", "loss")  # what plot and report draw: a number or null
+NODE_FIELDS = {"tokens": "message tokens", "entropy": "entropy (nats/token)", "answer_overlap": "answer overlap"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "plot",
-        help="draw a training run's reward and loss curves",
-        description="Draw the reward (with accuracy) and loss curves of a `neuromas train` run to a PNG.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        subparsers, "plot", help="draw a training run's reward and loss curves",
+        description="Draw the reward (with accuracy) and loss curves of a `neuromas train` run to a PNG "
+                    "(-o FILE, default: DIR/curves.png).",
+        epilog=EXAMPLES, groups=("out-file",),
     )
     parser.add_argument("run_dir", metavar="DIR", help="a `neuromas train --out` folder")
-    parser.add_argument("-o", "--output", metavar="PNG", help="where to write the picture (default: DIR/curves.png)")
-    parser.add_argument("--smooth", type=int, default=0, metavar="N",
+    parser.add_argument("--smooth", type=whole_number(0), default=0, metavar="N",
                         help="also draw a moving average over N steps (default: about a tenth of the run)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     rows = read_rows(Path(args.run_dir))
-    output = Path(args.output) if args.output else Path(args.run_dir) / "curves.png"
-    if args.smooth < 0:
-        raise UserError(f"--smooth must be at least 0, got {args.smooth}", exit_code=2)
+    output = check_out_file(args.output if args.output is not None else str(Path(args.run_dir) / "curves.png"))
     draw(rows, output, title=Path(args.run_dir).name, window=args.smooth or max(1, len(rows) // 10))
     print(output)
     return 0
 
 
 def read_rows(run_dir: Path) -> list[dict]:
-    """The metrics rows of a run; raises UserError when there are none."""
+    """The metrics rows of a run, each checked for what plot and report read; raises
+    UserError naming the file and line of a bad row, or when there are none."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         raise UserError(f"'{run_dir}' has no {METRICS_FILE}: is it a `neuromas train --out` folder?")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read '{path}': {getattr(err, 'strerror', None) or err}") from None
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{number}: not valid JSON: {err.msg}") from None
+            rows.append(check_row(row, f"{path}:{number}"))
     if not rows:
         raise UserError(f"{path} has no rows yet: nothing to plot")
     return rows
+
+
+def check_row(row: Any, where: str) -> dict:
+    """A metrics row: an object with a whole-number step and numbers (or null) where drawn."""
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object (one step's metrics), got {type(row).__name__}")
+    step = row.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UserError(f"{where}: 'step' must be a whole number from 0, got {json.dumps(step)}")
+    for name in NUMBER_FIELDS:
+        value = row.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{where}: '{name}' must be a number or null, got {json.dumps(value)}")
+    return row
 
 
 def moving_average(values: list[float | None], window: int) -> list[float | None]:
@@ -82,7 +103,10 @@ def draw(rows: list[dict], output: Path, *, title: str, window: int) -> None:
     accuracy = [row.get("accuracy") for row in rows]
     loss = [row.get("loss") for row in rows]
 
-    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6), constrained_layout=True)
+    nodes = sorted({key.split("/")[1] for row in rows for key in row if key.startswith("node/")})
+    layout = [["reward"] * 3, ["loss"] * 3] + ([list(NODE_FIELDS)] if nodes else [])
+    figure, axes = plt.subplot_mosaic(layout, figsize=(9, 9 if nodes else 6), constrained_layout=True)
+    top, bottom = axes["reward"], axes["loss"]
     top.plot(steps, reward, color="tab:blue", alpha=0.45, marker=".", label="reward (batch mean)")
     low = [r - s if r is not None else None for r, s in zip(reward, spread)]
     high = [r + s if r is not None else None for r, s in zip(reward, spread)]
@@ -104,7 +128,22 @@ def draw(rows: list[dict], output: Path, *, title: str, window: int) -> None:
     bottom.grid(alpha=0.3)
     bottom.legend(loc="best", fontsize="small")
 
+    for field, label in NODE_FIELDS.items() if nodes else ():  # per-node diagnostics (runtime/training/diagnostics.py)
+        for index, node in enumerate(nodes):
+            values = [_number(row.get(f"node/{node}/{field}")) for row in rows]
+            if any(value is not None for value in values):
+                axes[field].plot(steps, _nan(moving_average(values, window)), color=f"C{index}", label=node)
+        axes[field].set_title(label, fontsize="small")
+        axes[field].set_xlabel("step")
+        axes[field].grid(alpha=0.3)
+    if nodes:
+        axes["tokens"].legend(loc="best", fontsize="x-small")
+
     save_figure(figure, output)
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _nan(values: list[float | None]) -> list[float]:

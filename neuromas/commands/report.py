@@ -8,17 +8,19 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from neuromas.commands.plot import moving_average, read_rows, save_figure
+from neuromas.commands.options import COUNT, command_parser
+from neuromas.commands.paths import check_out_file
 from neuromas.diagnostics import UserError
 
 PLAN_FILE = "plan.json"
 EXAMPLES = """examples:
   neuromas report n3.json n3-trained.json single.json          # eval results side by side
-  neuromas report runs/n3 runs/grown n3-trained.json --png report.png
+  neuromas report runs/n3 runs/grown n3-trained.json -o report.png
 
-Each RUN is an eval JSON file (`neuromas eval --out`) or a training run folder
+Each RUN is an eval JSON file (`neuromas eval -o`) or a training run folder
 (`neuromas train --out`). Eval rows give accuracy with its Wilson 95% interval and the
 cost per question; run rows give the steps trained and the mean reward of the last
---last steps. The PNG has accuracy bars with interval whiskers and, for run folders,
+--last steps. The PNG (-o) has accuracy bars with interval whiskers and, for run folders,
 their reward curves.
 
 exit status: 0 ok, 2 usage, 1 a RUN that cannot be read or a PNG that cannot be written"""
@@ -49,29 +51,25 @@ class RunRow(NamedTuple):
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "report",
-        help="compare eval results and training runs in one table (and a PNG)",
-        description="Compare eval results and training runs: one table on stdout, and with --png a picture "
+    parser = command_parser(
+        subparsers, "report", help="compare eval results and training runs in one table (and a PNG)",
+        description="Compare eval results and training runs: one table on stdout, and with -o FILE a picture "
                     "of accuracies (95% intervals) and reward curves.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES, groups=("out-file",),
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="an eval JSON file or a training run folder")
-    parser.add_argument("--png", metavar="FILE", help="also draw the comparison to this PNG")
-    parser.add_argument("--last", type=int, default=10, metavar="N",
+    parser.add_argument("--last", type=COUNT, default=10, metavar="N",
                         help="steps averaged for a run's final reward (default: 10)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.last < 1:
-        raise UserError(f"--last must be at least 1, got {args.last}", exit_code=2)
+    output = check_out_file(args.output) if args.output is not None else None
     entries = read_entries(args.runs)
     print(report_table(entries, args.last), end="")
-    if args.png:
-        draw(entries, Path(args.png))
-        print(args.png)
+    if output is not None:
+        draw(entries, output)
+        print(args.output)
     return 0
 
 
@@ -164,7 +162,7 @@ def _read_result(path: Path) -> Any:
     try:
         return read_result(path)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as err:
-        raise UserError(f"cannot read eval result '{path}': {err} (expected a `neuromas eval --out` file)") from None
+        raise UserError(f"cannot read eval result '{path}': {err} (expected a `neuromas eval -o` file)") from None
 
 
 def _system_of(run_dir: Path) -> str:

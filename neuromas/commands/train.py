@@ -12,12 +12,13 @@ import argparse
 import os
 import shlex
 import sys
-from pathlib import Path
 
 import msgspec
 
-from neuromas.commands.run import add_runtime_options, build_runtime, load_plan
-from neuromas.commands.task_options import TASK_HELP, add_task_options, task_from_args
+from neuromas.commands import assemble
+from neuromas.commands.assemble import TASK_HELP
+from neuromas.commands.options import COUNT, add_spec_argument, command_parser, positive_number, whole_number
+from neuromas.commands.paths import check_out_folder
 from neuromas.diagnostics import UserError
 
 EXAMPLES = f"""examples:
@@ -37,47 +38,56 @@ exit status: 0 ok, 2 bad spec or usage, 1 runtime failure (model, data, reward c
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train a system's adapters with RL on a task",
+    parser = command_parser(
+        subparsers, "train", help="train a system's adapters with RL on a task",
         description="Train every node's LoRA adapter jointly from one terminal reward (REINFORCE, GRPO or RLOO).",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES, groups=("spec", "stage", "model", "runtime", "sampling", "batch", "task", "backend", "out-dir"),
     )
-    parser.add_argument("spec", metavar="SPEC")
-    parser.add_argument("--steps", type=int, metavar="N", help="optimiser steps in all (default: the spec's)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="run folder: metrics, plan, checkpoints")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    parser.add_argument("--batch", type=int, metavar="B", help="inputs per step (default: the spec's)")
-    parser.add_argument("--answer-format", choices=("text", "number", "choice"),
-                        help="how the final answer is extracted (default: the spec's output format)")
-    parser.add_argument("--token-budget", type=int, default=4096, metavar="N",
-                        help="padded tokens per training micro-batch (default: 4096)")
-    parser.add_argument("--save-every", type=int, default=10, metavar="N", help="checkpoint every N steps (default: 10)")
-    parser.add_argument("--keep", type=int, default=2, metavar="N", help="checkpoints kept (default: 2; 0 keeps all)")
-    parser.add_argument("--log-kl", action="store_true", help="measure the KL to the base model even when kl is 0")
-    parser.add_argument("--eval-every", type=int, metavar="N",
-                        help="growth runs: evaluate held-out reward every N steps (and after the last) into "
-                             "DIR/evals.jsonl, so `or plateau K evals` can start a stage early (default: never; "
-                             "then stages start after their steps only, with a warning)")
-    parser.add_argument("--eval-n", type=int, default=50, metavar="M",
-                        help="held-out questions per evaluation: the task with data seed 1000, as `neuromas eval` "
-                             "uses (a jsonl file gives its own examples in another order) (default: 50)")
-    add_task_options(parser)
-    add_runtime_options(parser)
-    parser.set_defaults(handler=run, group=None)  # --group defaults to the spec's
+    add_spec_argument(parser)
+    group = parser.add_argument_group("training")
+    group.add_argument("--steps", type=COUNT, metavar="N", help="optimiser steps in all (default: the spec's)")
+    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    group.add_argument("--lr", type=positive_number, metavar="LR", help="learning rate (default: the spec's)")
+    group.add_argument("--token-budget", type=COUNT, default=4096, metavar="N",
+                       help="padded tokens per training micro-batch (default: 4096)")
+    group.add_argument("--save-every", type=COUNT, default=10, metavar="N", help="checkpoint every N steps (default: 10)")
+    group.add_argument("--keep", type=whole_number(0), default=2, metavar="N",
+                       help="checkpoints kept (default: 2; 0 keeps all)")
+    group.add_argument("--log-kl", action="store_true", help="measure the KL to the base model even when kl is 0")
+    group.add_argument("--eval-every", type=COUNT, metavar="N",
+                       help="growth runs: evaluate held-out reward every N steps (and after the last) into "
+                            "DIR/evals.jsonl, so `or plateau K evals` can start a stage early (default: never; "
+                            "then stages start after their steps only, with a warning)")
+    group.add_argument("--eval-n", type=COUNT, default=50, metavar="M",
+                       help="held-out questions per evaluation: the task with data seed 1000, as `neuromas eval` "
+                            "uses (a jsonl file gives its own examples in another order) (default: 50)")
+    from neuromas.runtime.training.tracking import TRACKERS  # imports no torch
+
+    group.add_argument("--report-to", action="append", default=[], metavar="TRACKER", choices=TRACKERS,
+                       help="also send the metrics rows, eval rows and run config to tensorboard, wandb or trackio "
+                            "(files under DIR; wandb offline unless WANDB_MODE says otherwise); repeatable "
+                            "(default: none)")
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from neuromas.runtime.training.train import TrainSettings, check_out_folder, make_scorer, start_session, train
+    from neuromas.runtime.training.session import TrainSettings, start_session
+    from neuromas.runtime.training.session import check_out_folder as check_run_folder
 
+    # Every mistake the user can fix is reported before the model loads.
     plan = training_plan(args)
     assert plan.train is not None
-    task = task_from_args(args, plan.inputs, args.seed)
+    assemble.require(args, "task", "train")
+    task = assemble.load_task(args, plan.inputs, args.seed)
     evaluation = eval_settings(args, plan)
-    # Mistakes the user can fix are reported before the model loads.
-    make_scorer(plan.train.reward, task, args.reward, args.allow_code)
-    check_out_folder(Path(args.out), args.resume)
+    score = assemble.make_scorer(plan, task, args)
+    choice = assemble.check_backend(args, trains=True)
+    assemble.check_adapters(plan, args)
+    out = check_out_folder(args.out)
+    check_run_folder(out, args.resume)
+    from neuromas.runtime.training.tracking import Trackers, check_trackers, run_config
+
+    check_trackers(args.report_to)  # a missing tracker package, before the model loads
     _seed_everything(args.seed)  # adapters are initialised when the model loads
     settings = TrainSettings(
         steps=plan.train.steps,
@@ -92,56 +102,64 @@ def run(args: argparse.Namespace) -> int:
     from neuromas.runtime.training.stop import StopSignals
 
     with StopSignals() as stop, tqdm(total=settings.steps, unit="step", file=sys.stderr, desc="train",
-                                         disable=os.environ.get("RANK", "0") != "0") as bar:
+                                         disable=os.environ.get("RANK", "0") != "0") as bar, \
+            Trackers(args.report_to if os.environ.get("RANK", "0") == "0" else (), out,
+                     run_config(plan, settings, spec=args.spec, task=args.task, backend=args.backend)) as trackers:
+
+        trained: list[int] = []  # the steps this call trains
 
         def show(metrics: dict) -> None:
+            trained.append(metrics["step"])
             loss = metrics["loss"]
             stage = f"{metrics['stage']} " if metrics.get("stage") else ""
             bar.set_postfix_str(f"{stage}reward={metrics['reward_mean']:.3f} loss={'-' if loss is None else f'{loss:.4f}'}")
             bar.update(metrics["step"] - bar.n)
+            trackers.log_step(metrics)
 
         if plan.growth and args.stage is None:  # the whole growth schedule, in one run
             from neuromas.runtime.training.schedule import train_with_growth
 
-            session = train_with_growth(plan, lambda stage_plan: build_runtime(stage_plan, args), task, settings,
-                                        Path(args.out), reward=args.reward, allow_code=args.allow_code,
-                                        resume=args.resume, on_step=show, evaluation=evaluation, stop=stop)
+            session = train_with_growth(plan, lambda stage_plan: assemble.build_runtime(stage_plan, choice, args.seed),
+                                        task, settings, out, score=score, resume=args.resume, on_step=show,
+                                        evaluation=evaluation, on_eval=trackers.log_eval, stop=stop)
         else:
-            session = start_session(plan, build_runtime(plan, args), task, settings, Path(args.out),
-                                    reward=args.reward, allow_code=args.allow_code, resume=args.resume)
+            from neuromas.runtime.training.loop import train
+
+            session = start_session(plan, assemble.build_runtime(plan, choice, args.seed), task, settings, out,
+                                    score=score, resume=args.resume)
             bar.update(session.state.step)
             train(session, on_step=show, stop=stop)
+    session.close()
     if stop.requested and session.state.step < settings.steps:
         print(f"stopped at step {session.state.step}; resume with: {resume_command()}", file=sys.stderr)
         return stop.exit_code
-    print(f"trained {session.state.step} steps; metrics and checkpoints in {args.out}", file=sys.stderr)
+    print(f"{trained_summary(trained, session.state.step, settings.steps)}; metrics and checkpoints in {args.out}",
+          file=sys.stderr)
     return 0
 
 
+def trained_summary(trained: list[int], step: int, steps: int) -> str:
+    """What this call did: the steps it trained, or why it trained none."""
+    if not trained:
+        return f"trained no steps: the run is at step {step} already (--steps {steps}; raise it to train on)"
+    if trained[0] == 1:
+        return f"trained {len(trained)} steps"
+    return f"trained {len(trained)} steps ({trained[0]} to {trained[-1]}, resumed at step {trained[0] - 1})"
+
+
 def training_plan(args: argparse.Namespace):
-    """The spec's plan with --steps, --group, --batch and --answer-format applied; raises
-    UserError (exit 2) for a spec without a train block or a bad number."""
-    if args.group is None:
-        args.group = 1  # load_plan checks it; the real default is the spec's
-        group = None
-    else:
-        group = args.group
-    plan = load_plan(args)
+    """The spec's plan with --steps, --group, --batch, --lr and --answer-format applied; raises
+    UserError (exit 2) for a spec without a train block or settings that do not fit."""
+    plan = assemble.load_plan(args)
     if plan.train is None:
         raise UserError(f"'{args.spec}' has no train block: add `train {{ algorithm grpo ... }}` to train it", exit_code=2)
-    overrides = {"steps": args.steps, "group": group, "batch": args.batch}
-    for name, value in overrides.items():
-        if value is not None and value < 1:
-            raise UserError(f"--{name} must be at least 1, got {value}", exit_code=2)
+    overrides = {"steps": args.steps, "group": args.group, "batch": args.batch, "lr": args.lr}
     changed = {name: value for name, value in overrides.items() if value is not None}
     train = msgspec.structs.replace(plan.train, **changed)
     if train.algorithm == "rloo" and train.group < 2:
         raise UserError("rloo needs a group of at least 2 samples per input (--group)", exit_code=2)
-    plan = msgspec.structs.replace(plan, train=train)
-    if args.answer_format is not None:
-        outputs = tuple(msgspec.structs.replace(output, answer_format=args.answer_format) for output in plan.outputs)
-        plan = msgspec.structs.replace(plan, outputs=outputs)
-    return plan
+    args.group, args.batch = train.group, train.batch  # the values used, for error messages too
+    return msgspec.structs.replace(plan, train=train)
 
 
 def eval_settings(args: argparse.Namespace, plan):
@@ -149,16 +167,13 @@ def eval_settings(args: argparse.Namespace, plan):
     --eval-every); raises UserError (exit 2) for a bad number or a run without growth."""
     if args.eval_every is None:
         return None
-    if args.eval_every < 1 or args.eval_n < 1:
-        raise UserError(f"--eval-every and --eval-n must be at least 1, got {args.eval_every} and {args.eval_n}",
-                        exit_code=2)
     if not plan.growth or args.stage is not None:
         raise UserError("--eval-every evaluates during a growth schedule: the spec needs a growth block "
                         "(and no --stage); for a trained run use `neuromas eval --checkpoint DIR`", exit_code=2)
-    from neuromas.commands.eval import HELD_OUT_SEED
+    from neuromas.runtime.tasks.evaluate import HELD_OUT_SEED
     from neuromas.runtime.training.plateau import EvalSettings
 
-    held_out = task_from_args(args, plan.inputs, HELD_OUT_SEED)
+    held_out = assemble.load_task(args, plan.inputs, HELD_OUT_SEED)
     return EvalSettings(task=held_out, every=args.eval_every, n=args.eval_n, seed=args.seed)
 
 

@@ -14,13 +14,24 @@ loaded on every server under a new name (`POST /v1/load_lora_adapter`), and the
 versions it replaces are unloaded (`POST /v1/unload_lora_adapter`) and deleted. The
 servers read the folders by path: they must see this machine's `adapters_root` (the
 same machine, or a shared filesystem).
+
+A session owns its adapter names. Servers outlive the processes that use them, so every
+name carries this process's session id (`<slot>@<session>-v<n>`, see
+`runtime.adapter_versions`): a second run, or a restart after a crash, never asks for a
+name a server already has. `close()` unloads the session's adapters from every server;
+it also runs at interpreter exit, and `for_plan` turns a SIGTERM (whose default would
+end the process without cleanup) into a normal exit that runs it. Under torchrun all
+ranks share rank 0's session id, and only the publishing rank loads and unloads.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +43,7 @@ from typing import Any
 from neuromas.diagnostics import UserError
 from neuromas.plan import Plan
 
-from ..models.adapter_versions import AdapterVersions, Publication
+from ..models.adapter_versions import AdapterVersions, Publication, new_session_id
 from ..models.adapters import WEIGHTS_FILE
 from .base import GenRequest, GenResult
 from .server_protocol import assign_servers, completion_body, parse_completion
@@ -41,6 +52,7 @@ from .vllm_options import adapter_slots
 
 DEFAULT_TIMEOUT_S = 600.0  # one request: a long completion on a busy server
 DEFAULT_CONCURRENCY = 256  # requests in flight per server
+CLOSE_TIMEOUT_S = 10.0  # one unload request when a session closes
 
 
 class ServerError(RuntimeError):
@@ -59,7 +71,10 @@ def post_json(url: str, body: Mapping[str, Any] | None, timeout_s: float) -> Any
         detail = err.read().decode(errors="replace")[:500]
         raise ServerError(f"{url}: HTTP {err.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as err:
-        raise ServerError(f"{url}: cannot reach the server ({getattr(err, 'reason', err)})") from None
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, TimeoutError):
+            raise ServerError(f"{url}: no answer within {timeout_s:g} s (the server is busy or hung)") from None
+        raise ServerError(f"{url}: cannot reach the server ({reason})") from None
     try:
         return json.loads(text) if text.strip().startswith(("{", "[")) else text
     except ValueError:
@@ -98,6 +113,9 @@ class ServerBackend:
         self.is_publisher = is_publisher
         self.stats = VLLMStats()
         self._pool = ThreadPoolExecutor(max_workers=concurrency * len(self.urls), thread_name_prefix="neuromas-http")
+        self._closed = False
+        self._sigterm_installed = False
+        atexit.register(self.close)
 
     @classmethod
     def for_plan(
@@ -108,10 +126,13 @@ class ServerBackend:
         model: str | None = None,
         adapters_root: Path | None = None,
         is_publisher: bool = True,
+        exit_on_sigterm: bool = True,
     ) -> ServerBackend:
         """Connect to the servers (each must answer /v1/models and serve the same base model)
-        and load the tokenizer of the plan's model (or `model`) here. Raises UserError for a
-        server that cannot be reached or serves another model."""
+        and load the tokenizer of the plan's model (or `model`) here, under a new session id
+        (rank 0's under torchrun). `exit_on_sigterm`: when SIGTERM has its default handler,
+        make it a normal exit (status 143) so that `close()` unloads this session's adapters.
+        Raises UserError for a server that cannot be reached or serves another model."""
         from transformers import AutoTokenizer
 
         from ..models.loading import prepare_tokenizer, resolve_model
@@ -124,9 +145,12 @@ class ServerBackend:
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(source))
         owns_root = adapters_root is None
         root = Path(tempfile.mkdtemp(prefix="neuromas-server-adapters-")) if owns_root else Path(adapters_root)
-        versions = AdapterVersions(root, adapter_slots(plan))
-        return cls(urls, next(iter(base_models.values())), tokenizer, versions, owns_root=owns_root,
-                   is_publisher=is_publisher)
+        versions = AdapterVersions(root, adapter_slots(plan), session=shared_session_id())
+        backend = cls(urls, next(iter(base_models.values())), tokenizer, versions, owns_root=owns_root,
+                      is_publisher=is_publisher)
+        if exit_on_sigterm:
+            backend._install_sigterm_exit()
+        return backend
 
     # --- generation -------------------------------------------------------------------
 
@@ -205,14 +229,63 @@ class ServerBackend:
         return sync
 
     def loaded_adapters(self) -> dict[str, set[str]]:
-        """Server URL -> the adapter names it serves now (from /v1/models)."""
-        return {url: set(served_models(url)) - {self.base_model} for url in self.urls}
+        """Server URL -> the names of this session's adapters the server serves now (from
+        /v1/models: an unloaded one is gone; one vLLM evicted from memory, which it keeps
+        at most --max-cpu-loras of, is still served, reloaded from its folder on use)."""
+        return {url: {name for name in served_models(url) if self.versions.owns(name)} for url in self.urls}
+
+    # --- ending the session -----------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the request threads and delete the adapter versions' folder when this backend made it."""
+        """Unload this session's adapters from every server (the publishing rank; servers
+        that cannot be reached are skipped), stop the request threads, and delete the
+        adapter versions' folder when this backend made it. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        self._restore_sigterm()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.is_publisher:
+            for url in self.urls:
+                for version in self.versions.published().values():
+                    try:  # one at a time: at interpreter exit the thread pool takes no new work
+                        post_json(f"{url}/v1/unload_lora_adapter", {"lora_name": version.name}, CLOSE_TIMEOUT_S)
+                    except ServerError:
+                        pass  # already gone (404), or the server is: nothing left to unload
         if self.owns_root:
             shutil.rmtree(self.versions.root, ignore_errors=True)
+
+    def _install_sigterm_exit(self) -> None:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            self._sigterm_installed = True
+
+    def _restore_sigterm(self) -> None:
+        if self._sigterm_installed and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self._sigterm_installed = False
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM -> SystemExit(143): the interpreter then exits normally and runs `close()`."""
+    raise SystemExit(128 + signum)
+
+
+def shared_session_id() -> str:
+    """A new adapter-name session id; under torch.distributed, rank 0's for every rank
+    (they must use the names the publishing rank loads)."""
+    session = new_session_id()
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return session
+    if dist.is_available() and dist.is_initialized():
+        box = [session]
+        dist.broadcast_object_list(box, src=0)
+        session = box[0]
+    return session
 
 
 def served_models(url: str, timeout_s: float = 30.0) -> list[str]:

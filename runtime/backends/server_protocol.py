@@ -1,14 +1,16 @@
 """GenRequests -> request bodies for vLLM's OpenAI-compatible server, its responses -> GenResults,
 and rows -> servers (plain Python, no network).
 
-One `POST /v1/completions` per row (checked against vLLM 0.26's `CompletionRequest`,
+One `POST /v1/completions` per row (checked against vLLM 0.26 and 0.32's `CompletionRequest`,
 vllm/entrypoints/openai/completion/protocol.py):
 
   * `prompt`: the row's token ids (a list of ints is taken as one tokenized prompt, so
     the server does not tokenize again); `model`: the adapter's published name, or the
     base model's name for a frozen node;
   * the row's sampling settings as in-process vLLM gets them (`vllm_requests.sampling_kwargs`):
-    temperature, top_p, max_tokens, stop strings, a per-row seed, `logprobs=0` (the
+    temperature, top_p, max_tokens, stop strings, a per-row seed, and the neutral
+    top_k, min_p and penalties (`vllm_requests.NEUTRAL_SAMPLING`: the server would
+    otherwise take them from the model's generation_config.json), `logprobs=0` (the
     sampled token's log-prob, computed after temperature and top-p when the server runs
     with `--logprobs-mode processed_logprobs`), `include_stop_str_in_output=False`;
   * `return_token_ids: true`: the choice carries `token_ids` (the completion's ids, the
@@ -24,7 +26,7 @@ from typing import Any
 
 from ..models.adapter_versions import AdapterVersion
 from .base import FinishReason, GenRequest, GenResult
-from .vllm_requests import request_seed, sampling_kwargs
+from .vllm_requests import NEUTRAL_SAMPLING, request_seed, sampling_kwargs
 
 TOKEN_ID_PREFIX = "token_id:"
 FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
@@ -61,6 +63,7 @@ def completion_body(
         "stop": sampling["stop"],
         "skip_special_tokens": sampling["skip_special_tokens"],
         "include_stop_str_in_output": sampling["include_stop_str_in_output"],
+        **{field: sampling[field] for field in NEUTRAL_SAMPLING},
         "return_token_ids": True,
         "return_tokens_as_token_ids": True,
     }

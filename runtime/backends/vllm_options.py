@@ -1,4 +1,4 @@
-"""A plan and command-line options -> the keyword arguments of `vllm.LLM` (a plain dict).
+"""A plan and engine settings -> the keyword arguments of `vllm.LLM` (a plain dict).
 
 From the plan (and its growth stages, so one engine serves every stage): the LoRA
 rank (rounded up to a rank vLLM accepts), the most adapters one call uses
@@ -7,7 +7,8 @@ rank (rounded up to a rank vLLM accepts), the most adapters one call uses
 the old ones are dropped, without evictions), and the longest sequence
 (`max_prompt_tokens` + the largest `max_tokens`). From the command line: the GPU
 memory share, a larger model length or rank, eager mode, tensor parallelism, sleep
-mode, the scheduler's sequence limit, and the backend's `max_batch_rows`.
+mode, the scheduler's sequence limit, and the backend's `max_batch_rows` (the flags
+are defined with the CLI's options: `neuromas.commands.options.add_vllm_arguments`).
 
 Always on: prefix caching (vLLM keys cached blocks by adapter name, so group samples
 of one node and nodes sharing an adapter reuse each other's prompt KV) and
@@ -17,7 +18,6 @@ temperature and top-p: the distribution it was sampled from, as `GenResult` defi
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,43 +82,6 @@ class VLLMOptions:
                 raise UserError(f"{flag} must be at least 1, got {value}")
         if self.dtype not in VLLM_DTYPES:
             raise UserError(f"unknown dtype '{self.dtype}' for vLLM (expected one of: {', '.join(VLLM_DTYPES)})")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> VLLMOptions:
-        """Options from arguments added by `add_vllm_arguments` (`seed`, `dtype` when present)."""
-        return cls(
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            max_model_len=args.max_model_len,
-            max_lora_rank=args.max_lora_rank,
-            enforce_eager=args.enforce_eager,
-            tensor_parallel_size=args.tensor_parallel_size,
-            sleep_mode=args.sleep_mode,
-            max_num_seqs=args.max_num_seqs,
-            max_batch_rows=args.max_batch_rows or None,
-            seed=getattr(args, "seed", None) or 0,
-            dtype=getattr(args, "dtype", None) or "auto",
-        )
-
-
-def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the vLLM engine flags (read back with `VLLMOptions.from_args`)."""
-    group = parser.add_argument_group("vLLM backend")
-    group.add_argument("--gpu-memory-utilization", type=float, default=DEFAULT_GPU_MEMORY_UTILIZATION,
-                       help="share of the GPU's memory vLLM takes for weights, CUDA graphs and KV cache "
-                       f"(default {DEFAULT_GPU_MEMORY_UTILIZATION}: the rest is left to the training model)")
-    group.add_argument("--max-model-len", type=int, default=None,
-                       help="longest prompt + completion (default: the plan's max_prompt_tokens + largest max_tokens)")
-    group.add_argument("--max-lora-rank", type=int, default=None,
-                       help="largest LoRA rank to serve, rounded up to one vLLM accepts (default: the plan's rank)")
-    group.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (faster start, slower decoding)")
-    group.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to shard the model over (default 1)")
-    group.add_argument("--sleep-mode", action="store_true",
-                       help="let the engine sleep (free its GPU memory) while the training model updates")
-    group.add_argument("--max-num-seqs", type=int, default=None,
-                       help="sequences vLLM decodes at once (default: vLLM's, 1024 on H100/H200)")
-    group.add_argument("--max-batch-rows", type=int, default=DEFAULT_MAX_BATCH_ROWS,
-                       help=f"split a generation call into sub-calls of at most this many rows (default "
-                       f"{DEFAULT_MAX_BATCH_ROWS}: keeps decoding within CUDA graphs; 0: never split)")
 
 
 def stage_plans(plan: Plan) -> list[Plan]:

@@ -10,6 +10,12 @@ after temperature and top-p (`logprobs_mode="processed_logprobs"`). Stop strings
 row with the token that completed them kept in the ids and the text cut before them
 (`include_stop_str_in_output=False`). With a call seed, each sampled row gets its own
 seed derived from (call seed, row), so splitting a call into sub-calls changes nothing.
+
+Every other sampling setting is sent explicitly at its neutral value (`NEUTRAL_SAMPLING`):
+vLLM's OpenAI server fills a field a request leaves out from the model's
+`generation_config.json` (top_k, min_p, repetition, presence and frequency penalties),
+while in-process `SamplingParams` do not, so without them the two vLLM backends would
+sample from different distributions for a model that sets any of these.
 """
 
 from __future__ import annotations
@@ -48,6 +54,17 @@ def request_seed(call_seed: int, row: int) -> int:
     return int.from_bytes(digest, "big") % (2**63)
 
 
+# vLLM's own defaults (SamplingParams; CompletionRequest._DEFAULT_SAMPLING_PARAMS in 0.32):
+# no top-k or min-p cut, no penalties. The plan has no such settings.
+NEUTRAL_SAMPLING: dict[str, Any] = {
+    "top_k": 0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+
+
 def sampling_kwargs(generation: Generation, seed: int | None = None) -> dict[str, Any]:
     """`SamplingParams` keyword arguments for one row with the node's settings."""
     greedy = generation.temperature <= 0
@@ -61,6 +78,7 @@ def sampling_kwargs(generation: Generation, seed: int | None = None) -> dict[str
         "detokenize": True,
         "skip_special_tokens": True,
         "include_stop_str_in_output": False,
+        **NEUTRAL_SAMPLING,
     }
     if seed is not None and not greedy:
         kwargs["seed"] = seed

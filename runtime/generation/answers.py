@@ -11,7 +11,8 @@ import math
 import re
 from fractions import Fraction
 
-FORMATS = ("text", "number", "choice")
+from neuromas.vocabulary import ANSWER_FORMATS
+
 CHOICE_LETTERS = "ABCDE"
 
 # "The answer is X", "final answer: X", "Answer - X": X runs to the end of its line.
@@ -44,7 +45,7 @@ def extract_answer(text: str, answer_format: str | None = None) -> str | None:
         return extract_number(text)
     if answer_format == "choice":
         return extract_choice(text)
-    raise ValueError(f"unknown answer format {answer_format!r} (expected one of: {', '.join(FORMATS)})")
+    raise ValueError(f"unknown answer format {answer_format!r} (expected one of: {', '.join(ANSWER_FORMATS)})")
 
 
 def extract_text(text: str) -> str | None:

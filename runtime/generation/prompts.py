@@ -7,8 +7,9 @@ the node's own position comes last, so nodes of one call share the longest prefi
 
 A Jinja template (`Template(kind="jinja", source=...)`) replaces the user turn. It is
 rendered in Jinja's immutable sandbox (no attribute escapes, no unsafe calls, no changes to
-the values it is given; no file access: it cannot include or import other templates) with
-these variables (the built-in template uses the same):
+the values it is given; no file access: it cannot include or import other templates) and
+under a time and size limit (see neuromas/jinja_sandbox.py), with these variables (the
+built-in template uses the same; `jinja_sandbox.VARIABLES` lists them):
 
     system   .name, .depth (levels), .node_count, .inputs (names)
     node     .id, .layer, .index, .width, .level (0-based), .layer_number (level + 1),
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+from neuromas import jinja_sandbox
 from neuromas.diagnostics import UserError
 from neuromas.plan import Node, Plan
 
@@ -164,9 +166,10 @@ class PromptRenderer:
         variables = self.variables(node, sources)
         if node.template.kind == "jinja":
             try:
-                return self._jinja_template(node.template.source or "").render(**variables)
-            except Exception as err:  # the template's own code: syntax, undefined names, sandbox refusals, 1/0
-                line = f", line {err.lineno}" if getattr(err, "lineno", None) else ""
+                return jinja_sandbox.render(self._jinja_template(node.template.source or ""), variables)
+            except Exception as err:  # the template's own code: syntax, undefined names, sandbox refusals, limits, 1/0
+                number = jinja_sandbox.template_line(err)
+                line = f", line {number}" if number else ""
                 where = node.template.path or "jinja template"
                 raise UserError(f"template '{where}'{line} (node {node.id}): {type(err).__name__}: {err}") from None
         return builtin_user_message(variables)
@@ -198,16 +201,7 @@ class PromptRenderer:
 
     def _jinja_template(self, source: str) -> Any:
         if source not in self._jinja:
-            from jinja2 import DictLoader, StrictUndefined
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-            # No attribute escapes (`__class__`, `__globals__`), no unsafe methods, and no
-            # changing the lists and dicts it is given: a template only reads and formats.
-            # An empty loader: `{% include %}` and `{% import %}` find nothing (TemplateNotFound).
-            environment = ImmutableSandboxedEnvironment(
-                loader=DictLoader({}), undefined=StrictUndefined, keep_trailing_newline=False
-            )
-            self._jinja[source] = environment.from_string(source)
+            self._jinja[source] = jinja_sandbox.compile_template(source)
         return self._jinja[source]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -23,6 +23,9 @@ from .answers import extract_answer, normalize_text
 from ..backends.base import Backend, GenRequest
 from ..failures import in_phase
 from .prompts import Prompt, PromptRenderer
+
+# (node, input index) -> the Generation of that node's rows for that input.
+GenerationFor = Callable[[Node, int], Generation]
 
 
 class NodeRecord(NamedTuple):
@@ -143,10 +146,17 @@ class Runtime:
 
     @in_phase("rollout")
     def rollout(
-        self, inputs: Sequence[Mapping[str, str] | str], group: int = 1, *, seed: int | None = None
+        self,
+        inputs: Sequence[Mapping[str, str] | str],
+        group: int = 1,
+        *,
+        seed: int | None = None,
+        generation: GenerationFor | None = None,
     ) -> Rollout:
         """Run the system `group` times on every input (a mapping of input name -> text,
-        or a plain string for a one-input plan). Raises ValueError for missing inputs."""
+        or a plain string for a one-input plan). `generation` gives each input its own
+        sampling settings (default: every node's own), so that inputs with different
+        settings still share one call per plan call. Raises ValueError for missing inputs."""
         if group < 1:
             raise ValueError(f"group must be at least 1, got {group}")
         values = [self._input_values(item) for item in inputs]
@@ -156,7 +166,8 @@ class Runtime:
         calls_before = self.backend.stats.calls
         truncations = 0
         for call_index, call in enumerate(self.plan.calls):
-            truncations += self._run_call(call, values, samples, _call_seed(rollout_seed, call_index))
+            call_seed = _call_seed(rollout_seed, call_index)
+            truncations += self._run_call(call, values, samples, call_seed, generation)
         for per_input in samples:
             for sample in per_input:
                 sample.records = {node.id: sample.records[node.id] for node in self.plan.nodes}
@@ -164,7 +175,14 @@ class Runtime:
         calls = self.backend.stats.calls - calls_before
         return Rollout(self.plan, values, group, rollout_seed, samples, calls, truncations)
 
-    def _run_call(self, call: Call, values: list[dict[str, str]], samples: list[list[Sample]], seed: int) -> int:
+    def _run_call(
+        self,
+        call: Call,
+        values: list[dict[str, str]],
+        samples: list[list[Sample]],
+        seed: int,
+        generation: GenerationFor | None = None,
+    ) -> int:
         """One backend.generate for the whole call; returns the number of truncations."""
         rows: list[tuple[Node, Sample, Prompt]] = []
         prompts: dict[tuple[str, int, tuple[str, ...]], Prompt] = {}
@@ -176,7 +194,14 @@ class Runtime:
                     if key not in prompts:  # the samples of a level-0 node share one prompt
                         prompts[key] = self.renderer.render(node, values[sample.input_index], messages)
                     rows.append((node, sample, prompts[key]))
-        requests = [GenRequest(prompt.ids, node.adapter, node.generation) for node, _, prompt in rows]
+        requests = [
+            GenRequest(
+                prompt.ids,
+                node.adapter,
+                node.generation if generation is None else generation(node, sample.input_index),
+            )
+            for node, sample, prompt in rows
+        ]
         results = self.backend.generate(requests, seed=seed)
         for (node, sample, prompt), result in zip(rows, results, strict=True):
             sample.records[node.id] = NodeRecord(

@@ -7,6 +7,11 @@ therefore gives every published adapter a new name (`<slot>@v<version>`, '@' nev
 appears in a slot name) and a new integer id (1, 2, 3, ...; never reused), keeps one
 current version per slot, and says which versions a publication replaced (to drop).
 
+A long-lived server outlives the processes that load adapters into it, and each of them
+counts versions from 1 again: a registry made with a `session` id puts it in every name
+(`<slot>@<session>-v<version>`), so two processes, or a process and the one it restarts,
+never ask a server for a name it already has. `new_session_id()` makes one.
+
 Folders: publication n lives under `<root>/v<n>/<slot>/` (`next_folder()` is where
 the next one is written); `remove_folders` deletes replaced versions' folders, and
 only ever folders under `root`.
@@ -14,6 +19,7 @@ only ever folders under `root`.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,11 +33,29 @@ class AdapterVersion(NamedTuple):
     version: int  # the publication that produced it (1, 2, ...)
     lora_id: int  # the engine's integer id: unique over the life of the registry, >= 1
     path: Path  # peft folder: adapter_config.json + adapter_model.safetensors
+    session: str = ""  # the registry's session id ("" for an engine only this process uses)
 
     @property
     def name(self) -> str:
         """The engine's adapter name (vLLM keys cached prefixes by it)."""
+        if self.session:
+            return f"{self.slot}@{self.session}-v{self.version}"
         return f"{self.slot}@v{self.version}"
+
+
+def new_session_id() -> str:
+    """A fresh session id for adapter names: 8 random hex digits (a clash between two
+    live sessions on one server has odds of about 1 in 4 billion)."""
+    return secrets.token_hex(4)
+
+
+def session_of(name: str) -> str | None:
+    """The session id in an adapter name `<slot>@<session>-v<n>`; None for other names."""
+    _, at, rest = name.rpartition("@")
+    session, dash, version = rest.rpartition("-v")
+    if not at or not dash or not session or not version.isdigit():
+        return None
+    return session
 
 
 class Publication(NamedTuple):
@@ -45,9 +69,12 @@ class Publication(NamedTuple):
 class AdapterVersions:
     """The current version of every slot, and the bookkeeping to publish new ones."""
 
-    def __init__(self, root: Path, slots: Iterable[str]):
+    def __init__(self, root: Path, slots: Iterable[str], *, session: str = ""):
+        if session and not all(char.isalnum() for char in session):
+            raise ValueError(f"a session id is letters and digits only, got {session!r}")
         self.root = Path(root)
         self.slots = tuple(dict.fromkeys(slots))
+        self.session = session
         self._current: dict[str, AdapterVersion] = {}
         self._last_id = 0
         self._version = 0
@@ -56,6 +83,12 @@ class AdapterVersions:
     def version(self) -> int:
         """Publications so far (0: nothing published yet)."""
         return self._version
+
+    def owns(self, name: str) -> bool:
+        """Whether an engine's adapter name is one this registry gives out (its slots, its session)."""
+        slot, at, rest = name.rpartition("@")
+        prefix = f"{self.session}-v" if self.session else "v"
+        return bool(at) and slot in self.slots and rest.startswith(prefix) and rest[len(prefix):].isdigit()
 
     def next_folder(self) -> Path:
         """The folder the next publication's slot folders go into (`<root>/v<n>`)."""
@@ -86,7 +119,7 @@ class AdapterVersions:
         added, dropped = [], []
         for slot in (slot for slot in self.slots if slot in folders):
             self._last_id += 1
-            version = AdapterVersion(slot, self._version, self._last_id, Path(folders[slot]))
+            version = AdapterVersion(slot, self._version, self._last_id, Path(folders[slot]), self.session)
             if slot in self._current:
                 dropped.append(self._current[slot])
             self._current[slot] = version

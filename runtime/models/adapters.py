@@ -48,6 +48,7 @@ def attach_adapters(model: Any, plan: Plan, base_model: str | None = None) -> An
     if not slots:
         return model
     _check_targets(model, plan.adapter)
+    _check_rank(model, plan.adapter)
     was_training = model.training  # peft leaves new adapters in training mode
     with warnings.catch_warnings():
         # peft asks transformers about gradient checkpointing through a name deprecated in v5
@@ -101,7 +102,30 @@ def adapter_folders(root: Path, slots: Iterable[str], lora: Lora | None = None) 
     if lora is not None:
         for name, folder in folders.items():
             check_adapter_config(folder, name, lora_settings(lora))
+            check_adapter_weights(folder, name, lora.rank)
     return folders
+
+
+def check_adapter_weights(folder: Path, slot: str, rank: int) -> None:
+    """The saved weights of a slot are a readable safetensors file of finite LoRA
+    matrices of rank `rank` (checked without a model); raises UserError naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / WEIGHTS_FILE
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"adapter slot '{slot}': '{path}' is not a readable safetensors file ({err})\n"
+                        "  fix: save the adapters again, or restore them from their checkpoint") from None
+    for key, tensor in state.items():
+        is_a, is_b = ".lora_A." in key, ".lora_B." in key
+        if (is_a or is_b) and (tensor.dim() != 2 or tensor.shape[0 if is_a else 1] != rank):
+            raise UserError(f"adapter slot '{slot}': '{path}' holds {key} of shape {tuple(tensor.shape)}, "
+                            f"which is not a rank-{rank} LoRA matrix (the file is damaged or from another adapter)")
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise UserError(f"adapter slot '{slot}': '{path}' holds NaN or infinite values in {key}\n"
+                            "  fix: load an earlier checkpoint's adapters (a diverged run writes such weights)")
 
 
 def load_adapters(model: Any, folders: Mapping[str, Path]) -> None:
@@ -118,8 +142,14 @@ def load_adapters(model: Any, folders: Mapping[str, Path]) -> None:
         if name not in getattr(model, "peft_config", {}):
             raise UserError(f"the model has no adapter slot '{name}' to load '{folder}' into")
         check_adapter_config(Path(folder), name, lora_settings(model.peft_config[name]))
+        check_adapter_weights(Path(folder), name, model.peft_config[name].r)
         state = load_file(str(Path(folder) / WEIGHTS_FILE))
-        result = set_peft_model_state_dict(model, state, adapter_name=name)
+        try:
+            result = set_peft_model_state_dict(model, state, adapter_name=name)
+        except RuntimeError as err:  # torch's size mismatch: the matrices fit another base model
+            raise UserError(f"adapter slot '{name}': the weights in '{Path(folder) / WEIGHTS_FILE}' do not fit it: "
+                            f"{str(err).strip().splitlines()[-1].strip()}\n"
+                            "  fix: load adapters trained on this spec's base model") from None
         unexpected = [key for key in result.unexpected_keys if "lora_" in key]
         expected = {key for key in model.state_dict() if f".{name}." in key and "lora_" in key}
         missing = sorted(expected & set(result.missing_keys))
@@ -192,3 +222,12 @@ def _check_targets(model: Any, lora: Lora) -> None:
     unknown = [target for target in lora.targets if target not in names]
     if unknown:
         raise UserError(f"LoRA target(s) {', '.join(unknown)} match no layer of the model")
+
+
+def _check_rank(model: Any, lora: Lora) -> None:
+    """A rank above the model's hidden size adds no expressiveness, only minutes of work:
+    refuse it here (the IR's own bound, ir.MAX_LORA_RANK, knows no model)."""
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if isinstance(hidden, int) and lora.rank > hidden:
+        raise UserError(f"adapter lora(rank = {lora.rank}): the rank must be between 1 and the model's hidden size "
+                        f"({hidden}) for this model", exit_code=2)

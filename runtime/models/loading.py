@@ -90,8 +90,8 @@ def load_model(reference: str = DEFAULT_MODEL, *, dtype: str = "auto", threads: 
     """Load `reference` for generation: eval mode, left-padding tokenizer with a pad token.
 
     dtype: "auto" (bfloat16 where the CPU or GPU computes it natively, else float32),
-    "bfloat16", "float16" or "float32". threads: torch CPU threads (None keeps torch's
-    default). Raises UserError for an unknown model or dtype, or a hub id that cannot load.
+    "bfloat16", "float16" or "float32". threads: torch CPU threads (None: `default_threads()`).
+    Raises UserError for an unknown model or dtype, or a hub id that cannot load.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
@@ -179,12 +179,37 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def set_threads(threads: int | None) -> None:
-    """Set torch's CPU thread count; None leaves it as it is."""
-    if threads is None:
-        return
-    if threads < 1:
+    """Set torch's CPU thread count; None sets `default_threads()`."""
+    if threads is not None and threads < 1:
         raise UserError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
+    torch.set_num_threads(default_threads() if threads is None else threads)
+
+
+def default_threads() -> int:
+    """The thread count when none is given: the physical cores this process may run on,
+    minus those other programs keep busy (the 1-minute load average, rounded), at least 1.
+
+    torch's own default takes every core; when another process keeps one busy, its
+    threads wait on each other at every parallel op (on 2 cores, 2 threads then ran 3-4x
+    slower than 1). Set once at load; pass threads (--threads) to choose.
+    """
+    cores = _physical_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def _physical_cores() -> int:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import psutil
+    except ImportError:
+        return usable
+    physical = psutil.cpu_count(logical=False) or usable
+    logical = psutil.cpu_count(logical=True) or usable
+    return max(1, min(usable, usable * physical // logical))  # hyper-threads share a core's units
 
 
 def _converted_bundled(name: str, bundled: BundledModel) -> Path:

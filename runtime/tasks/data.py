@@ -15,6 +15,10 @@ from typing import Any, NamedTuple
 from neuromas.diagnostics import UserError
 
 SINGLE_INPUT_ALIASES = ("question", "prompt", "input")
+# Inputs longer than this are refused: no plan's prompt holds them (they are cut to its
+# max_prompt_tokens), and tokenizing megabytes takes minutes.
+MAX_INPUT_CHARS = 100_000
+MAX_LINE_CHARS = 1_000_000  # a data line: its inputs, answer and other fields
 
 
 class DataRecord(NamedTuple):
@@ -25,10 +29,11 @@ class DataRecord(NamedTuple):
     fields: dict[str, Any]
 
 
-def read_records(path: str | Path, input_names: Sequence[str]) -> list[DataRecord]:
+def read_records(path: str | Path, input_names: Sequence[str], *, aliases: bool = True) -> list[DataRecord]:
     """Read every record of `path`; raises UserError for an unreadable file, a bad line
-    (invalid JSON, not an object, a missing or non-text input field), a truncated last
-    line or no records. Lines end at "\n" (or "\r\n")."""
+    (invalid JSON, not an object, a missing or non-text input field, a line or input
+    above MAX_LINE_CHARS or MAX_INPUT_CHARS), a truncated last line or no records. Lines
+    end at "\n" (or "\r\n"). aliases: a one-input plan also reads SINGLE_INPUT_ALIASES."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -42,19 +47,23 @@ def read_records(path: str | Path, input_names: Sequence[str]) -> list[DataRecor
         if not line.strip():
             continue
         where = f"{path}:{number}"
+        if len(line) > MAX_LINE_CHARS:
+            raise UserError(f"{where}: the line is {len(line):,} characters long, above the {MAX_LINE_CHARS:,} "
+                            "a data line may hold")
         if number == len(lines) and not _is_json(line):  # the last line, without its newline
             raise UserError(
                 f"{where}: the last line is not valid JSON and has no newline at its end: "
                 f"the file looks truncated (cut off while it was written or copied)\n"
                 f"  fix: write or copy '{path}' again, or delete its last line"
             )
-        records.append(parse_line(line, input_names, where, number))
+        records.append(parse_line(line, input_names, where, number, aliases=aliases))
     if not records:
         raise UserError(f"data file '{path}' has no records (expected one JSON object per line)")
     return records
 
 
-def parse_line(line: str, input_names: Sequence[str], where: str, number: int = 0) -> DataRecord:
+def parse_line(line: str, input_names: Sequence[str], where: str, number: int = 0, *,
+               aliases: bool = True) -> DataRecord:
     """One JSONL line -> a DataRecord; `where` ("file:line") prefixes every error."""
     try:
         value = json.loads(line)
@@ -65,26 +74,35 @@ def parse_line(line: str, input_names: Sequence[str], where: str, number: int = 
         ) from None
     if not isinstance(value, dict):
         raise UserError(f"{where}: expected a JSON object like {_example(input_names)}, got {type(value).__name__}")
-    return DataRecord(number, input_values(value, input_names, where), value)
+    return DataRecord(number, input_values(value, input_names, where, aliases=aliases), value)
 
 
-def input_values(record: dict[str, Any], input_names: Sequence[str], where: str) -> dict[str, str]:
-    """The plan's inputs from one record (aliases for a single input); raises UserError."""
+def input_values(record: dict[str, Any], input_names: Sequence[str], where: str, *,
+                 aliases: bool = True) -> dict[str, str]:
+    """The plan's inputs from one record (with `aliases`, SINGLE_INPUT_ALIASES for a
+    single input); raises UserError for a missing, non-text or too long field."""
+    alias_names = SINGLE_INPUT_ALIASES if aliases and len(input_names) == 1 else ()
     values = {}
     for name in input_names:
         key = name
-        if name not in record and len(input_names) == 1:
-            key = next((alias for alias in SINGLE_INPUT_ALIASES if alias in record), name)
+        if name not in record:
+            key = next((alias for alias in alias_names if alias in record), name)
         if key not in record:
-            aliases = [alias for alias in SINGLE_INPUT_ALIASES if alias != name]
-            accepted = [name, *aliases] if len(input_names) == 1 else [name]
+            accepted = [name, *(alias for alias in alias_names if alias != name)]
             fields = ", ".join(record) or "none"
             raise UserError(f"{where}: no field {' or '.join(repr(a) for a in accepted)} (fields: {fields})")
         value = record[key]
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise UserError(f"{where}: field '{key}' must be text, got {type(value).__name__}")
-        values[name] = str(value)
+        values[name] = check_input_length(str(value), f"{where}: field '{key}'")
     return values
+
+
+def check_input_length(text: str, where: str) -> str:
+    """`text`, or UserError naming `where` when it is longer than MAX_INPUT_CHARS."""
+    if len(text) > MAX_INPUT_CHARS:
+        raise UserError(f"{where} is {len(text):,} characters long, above the {MAX_INPUT_CHARS:,} an input may hold")
+    return text
 
 
 def _is_json(line: str) -> bool:

@@ -15,6 +15,7 @@ from .stats import Interval, wilson_interval
 from .registry import Example, Task
 
 CORRECT = 1.0  # a score that reaches this counts as a correct answer
+HELD_OUT_SEED = 1_000  # the data seed of evaluations: examples other than training's (seed 0)
 
 AnswerScorer = Callable[[Answer, Example], float]
 
@@ -40,6 +41,30 @@ class EvalResult(msgspec.Struct, frozen=True, kw_only=True):
     seed: int
     scores: list[float]
 
+    def __post_init__(self) -> None:
+        """Refuse numbers no evaluation gives (a result file edited or written by something
+        else): msgspec reports the ValueError as a ValidationError of the file."""
+        problems = [f"{name} must be at least {low}, got {value}" for name, value, low in (
+            ("n", self.n, 1), ("group", self.group, 1), ("correct", self.correct, 0),
+            ("tokens_per_question", self.tokens_per_question, 0), ("calls_per_question", self.calls_per_question, 0),
+            ("calls_per_rollout", self.calls_per_rollout, 0), ("seconds_per_question", self.seconds_per_question, 0),
+        ) if not value >= low]
+        problems += [f"{name} must be from 0 to 1, got {value}" for name, value in (
+            ("accuracy", self.accuracy), ("accuracy_low", self.accuracy_low), ("accuracy_high", self.accuracy_high),
+        ) if not 0.0 <= value <= 1.0]
+        if not problems:
+            samples = self.n * self.group
+            if self.correct > samples:
+                problems.append(f"correct ({self.correct}) is more than n x group ({samples})")
+            elif abs(self.accuracy - self.correct / samples) > 1e-6:
+                problems.append(f"accuracy {self.accuracy} is not correct / (n x group) = {self.correct / samples:.6f}")
+            if not self.accuracy_low <= self.accuracy <= self.accuracy_high:
+                problems.append("the interval [accuracy_low, accuracy_high] does not hold the accuracy")
+            if len(self.scores) != samples:
+                problems.append(f"{len(self.scores)} scores for n x group = {samples} samples")
+        if problems:
+            raise ValueError("; ".join(problems))
+
     @property
     def interval(self) -> Interval:
         return Interval(self.accuracy, self.accuracy_low, self.accuracy_high, self.n * self.group)
@@ -58,7 +83,10 @@ def evaluate(
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Run the first `n` examples of `task` in batches of `batch` questions (one backend
-    call per plan call per batch) and score each sample's answer."""
+    call per plan call per batch) and score each sample's answer. Raises ValueError for
+    an `n` above the task's size: a question counted twice is not another sample."""
+    if not 1 <= n <= len(task):
+        raise ValueError(f"n must be from 1 to the task's {len(task)} questions, got {n}")
     plan: Plan = runtime.plan
     calls_before = runtime.backend.stats.calls
     tokens, scores = 0, []

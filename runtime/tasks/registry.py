@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -17,6 +18,10 @@ from typing import Any, NamedTuple
 from neuromas.diagnostics import UserError, did_you_mean
 
 PROCEDURAL_SIZE = 100_000  # examples a procedural generator is asked for (made lazily)
+MAX_PROCEDURAL_SIZE = 10**9  # the most a `size` setting may ask for
+DEFAULT_QUESTION_FIELD = "question"
+# Data files named by path alone: suffix -> (task kind, the hf file format).
+PATH_SUFFIXES = {".jsonl": ("jsonl", None), ".json": ("hf", "json"), ".csv": ("hf", "csv"), ".parquet": ("hf", "parquet")}
 
 
 class Example(NamedTuple):
@@ -65,24 +70,44 @@ class TaskOptions:
 
     input_names: tuple[str, ...]
     seed: int = 0
-    question_field: str = "question"
+    question_field: str = DEFAULT_QUESTION_FIELD
     answer_field: str = "answer"
     choices_field: str | None = None  # multiple choice: the field holding each question's options
     options: Mapping[str, Any] = field(default_factory=dict)  # --task-option settings of the task kind
 
 
 def load_task(reference: str, options: TaskOptions) -> Task:
-    """The task named by `reference` ("kind:argument"); raises UserError for an unknown
-    kind, a missing package or file, or bad data."""
+    """The task named by `reference` ("kind:argument", or a data file's path); raises
+    UserError: exit 2 for an unknown kind, a malformed reference, bad settings or a task
+    without examples, exit 1 for a missing package or file, or bad data."""
+    kind, argument = parse_reference(reference)
+    task = TASKS[kind](argument, options)
+    if len(task) == 0:
+        raise UserError(f"task {reference!r} has no examples (check its --task-option settings)", exit_code=2)
+    return task
+
+
+def parse_reference(reference: str) -> tuple[str, str]:
+    """A task reference -> (kind, argument): "kind:argument", a kind that may be named
+    alone (`humaneval`), or a path whose suffix says its format (`data.jsonl`, `rows.csv`).
+    Raises UserError (exit 2) for anything else."""
     kind, separator, argument = reference.partition(":")
+    if kind not in TASKS:
+        suffix = Path(reference).suffix.lower()
+        if suffix in PATH_SUFFIXES:
+            path_kind, file_format = PATH_SUFFIXES[suffix]
+            return path_kind, f"{file_format}:{reference}" if file_format else reference
     if not separator and kind in DEFAULT_ARGUMENTS:
-        separator, argument = ":", DEFAULT_ARGUMENTS[kind]
+        return kind, DEFAULT_ARGUMENTS[kind]
     if not separator or not argument:
-        raise UserError(f"task {reference!r}: expected KIND:ARGUMENT, one of {', '.join(f'{k}:...' for k in TASKS)}")
+        kinds = ", ".join(f"{k}:..." for k in TASKS)
+        raise UserError(f"--task {reference!r}: expected KIND:ARGUMENT ({kinds}) or a data file "
+                        f"({', '.join(PATH_SUFFIXES)})", exit_code=2)
     if kind not in TASKS:
         hint = did_you_mean(kind, TASKS)
-        raise UserError(f"unknown task kind {kind!r} (known: {', '.join(TASKS)})" + (f"; {hint}" if hint else ""))
-    return TASKS[kind](argument, options)
+        raise UserError(f"--task {reference!r}: unknown task kind {kind!r} (known: {', '.join(TASKS)})"
+                        + (f"; {hint}" if hint else ""), exit_code=2)
+    return kind, argument
 
 
 def jsonl_task(path: str, options: TaskOptions) -> Task:
@@ -92,7 +117,7 @@ def jsonl_task(path: str, options: TaskOptions) -> Task:
     if options.options:
         raise UserError(f"jsonl tasks take no --task-option settings (got {', '.join(options.options)})", exit_code=2)
     examples = [record_example(record.fields, record.inputs, options, f"{path}:{record.line}")
-                for record in read_records(path, _input_fields(options))]
+                for record in read_records(path, _input_fields(options), aliases=_takes_aliases(options))]
     return _record_task(f"jsonl:{path}", examples, options)
 
 
@@ -108,7 +133,9 @@ def hf_task(argument: str, options: TaskOptions) -> Task:
         raise UserError(f"{name} has no rows in split {options.options.get('split', DEFAULT_SPLIT)!r}")
     _check_columns(name, columns, options)
     fields = _input_fields(options)
-    examples = [record_example(row, input_values(row, fields, f"{name} row {i}"), options, f"{name} row {i}")
+    aliases = _takes_aliases(options)
+    examples = [record_example(row, input_values(row, fields, f"{name} row {i}", aliases=aliases), options,
+                               f"{name} row {i}")
                 for i, row in enumerate(rows)]
     return _record_task(name, examples, options)
 
@@ -139,13 +166,20 @@ def _input_fields(options: TaskOptions) -> tuple[str, ...]:
     return (options.question_field,) if len(options.input_names) == 1 else options.input_names
 
 
+def _takes_aliases(options: TaskOptions) -> bool:
+    """Whether a one-input record may hold its question under another name ("prompt",
+    "input"): only when --question-field is left at its default; a field the user names
+    must be there."""
+    return options.question_field == DEFAULT_QUESTION_FIELD
+
+
 def _check_columns(name: str, columns: Sequence[str], options: TaskOptions) -> None:
     """Every field the task reads is a column, or UserError listing the columns."""
     from .data import SINGLE_INPUT_ALIASES
 
     shown = ", ".join(columns)
     if len(options.input_names) == 1:
-        accepted = (options.question_field, *SINGLE_INPUT_ALIASES)
+        accepted = (options.question_field, *(SINGLE_INPUT_ALIASES if _takes_aliases(options) else ()))
         if not any(field in columns for field in accepted):
             raise UserError(f"{name}: no question column {options.question_field!r} (columns: {shown}); "
                             "choose one with --question-field")
@@ -177,7 +211,7 @@ def humaneval_task(argument: str, options: TaskOptions) -> Task:
     from .humaneval import HumanEvalTask, limits_from_settings, select_problems
 
     if len(options.input_names) != 1:
-        raise UserError(f"humaneval gives one question; this system has inputs {', '.join(options.input_names)}")
+        raise UserError(f"humaneval gives one question; this system has inputs {', '.join(options.input_names)}", exit_code=2)
     humaneval = HumanEvalTask(limits_from_settings(options.options))
     input_name = options.input_names[0]
     examples = []
@@ -199,12 +233,19 @@ def reasoning_gym_task(name: str, options: TaskOptions) -> Task:
     except ImportError:
         raise UserError("task 'reasoning_gym:...' needs the reasoning-gym package\n  fix: pip install reasoning-gym") from None
     if len(options.input_names) != 1:
-        raise UserError(f"reasoning_gym tasks give one question; this system has inputs {', '.join(options.input_names)}")
+        raise UserError(f"reasoning_gym tasks give one question; this system has inputs {', '.join(options.input_names)}", exit_code=2)
     settings = {"size": PROCEDURAL_SIZE, **options.options, "seed": options.seed}
+    size = settings["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PROCEDURAL_SIZE:
+        raise UserError(f"--task-option size={json.dumps(size)}: must be a whole number from 1 to "
+                        f"{MAX_PROCEDURAL_SIZE}", exit_code=2)
     try:
         dataset = reasoning_gym.create_dataset(name, **settings)
+        dataset[0]  # some settings fail only when an entry is made: find out before any model loads
     except Exception as err:  # an unknown name or a bad setting: the user's to fix
-        raise UserError(f"reasoning_gym could not create {name!r} with {settings}: {err}") from None
+        shown = ", ".join(f"{key}={value!r}" for key, value in options.options.items()) or "no settings"
+        raise UserError(f"--task reasoning_gym:{name} ({shown}): reasoning_gym refused it: "
+                        f"{type(err).__name__}: {err}", exit_code=2) from None
     input_name = options.input_names[0]
     examples = _LazyExamples(dataset, input_name)
 

@@ -1,272 +1,324 @@
-"""A sandbox job on stdin -> limits and isolation on this fresh interpreter, then the untrusted program.
+"""The sandbox supervisor: a job on stdin -> a jail, the untrusted solution in it, and the tester that judges it.
 
-Started by `neuromas.runtime.tasks.sandbox` as `python -I -B sandbox_child.py`; never imported.
-Standard library only, so it runs under any interpreter. It reads one JSON message from
-stdin (the program, a nonce, the limits, the sandbox directory, the report descriptor),
-then, before any untrusted code runs: sets resource limits, enters a new network
-namespace where the kernel allows, gives up root for an unprivileged user where the
-interpreter's files stay readable, and installs an audit hook. Lines written to the
-report descriptor: `layers ...` (which of those took effect), `forbidden <event> <what>`
-(each refused operation, the first few) and finally `<nonce> <status> <detail>`, which
-only this code knows how to write.
+Started by `neuromas.runtime.tasks.sandbox` as `python -I -B -S sandbox_child.py` (as the
+caller's user); never imported; standard library only. Everything here is trusted and runs
+before, or apart from, the untrusted code:
+
+1. New mount, network, IPC and UTS namespaces (`sandbox_jail.py`), and a new root: the
+   system and interpreter folders read-only, a private tmpfs as /tmp, nothing else.
+2. The tester forks off: it drops to the unprivileged user and runs the (trusted) tests,
+   or, for a plain program, waits for its end. It alone writes the verdict.
+3. A new PID namespace; its init forks the solution, which sets rlimits, drops to the
+   unprivileged user, forbids new privileges and starts a fresh interpreter on
+   `sandbox_solution.py`, holding only stdin (/dev/null), the output and its channel to
+   the tester. When the solution ends, or the tester is done, init ends, and the kernel
+   kills whatever the solution left behind.
+
+Lines on the report descriptor (held by these trusted processes only): `layers ...`
+(the isolation that took effect), `note ...` (why a layer did not), `forbidden ...`,
+`exit N` (how the solution's process ended) and `verdict STATUS DETAIL`.
 """
 
 from __future__ import annotations
 
-import builtins
-import ctypes
-import errno
+import fcntl
+import importlib.util
 import json
 import linecache
 import os
 import resource
+import signal
+import site
+import socket
 import sys
+import time
 import traceback
 
-PROGRAM_NAME = "<program>"
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-ALWAYS_WRITABLE = frozenset({"/dev/null"})
-MAX_REPORTED_VIOLATIONS = 5
+HERE = os.path.dirname(os.path.abspath(__file__))
+STATUSES = frozenset({"passed", "failed", "memory"})
+SOLUTION_LAYERS = frozenset({"audit", "seccomp"})
+BOOTSTRAP = ("sandbox_solution.py", "sandbox_guard.py")  # copied into the jail for the solution
+INIT_GRACE_S = 1.0  # after the tester is done, how long the solution may take to end by itself
 
-# Audit event -> (position of a path, position of its dir_fd or None, follow a final symlink).
-PATH_EVENTS: dict[str, tuple[tuple[int, int | None, bool], ...]] = {
-    "os.remove": ((0, 1, False),),
-    "os.rmdir": ((0, 1, False),),
-    "os.mkdir": ((0, 2, False),),
-    "os.rename": ((0, 2, False), (1, 3, False)),
-    "os.link": ((0, 2, False), (1, 3, False)),
-    "os.symlink": ((1, 2, False),),
-    "os.truncate": ((0, None, True),),
-    "os.chmod": ((0, 2, True),),
-    "os.chown": ((0, 3, True),),
-    "os.utime": ((0, 3, True),),
-    "os.setxattr": ((0, None, True),),
-    "os.removexattr": ((0, None, True),),
-    "shutil.rmtree": ((0, 1, False),),
-    "sqlite3.connect": ((0, None, True),),
-}
-NETWORK_EVENTS = frozenset(
-    {
-        "socket.connect",
-        "socket.bind",
-        "socket.sendto",
-        "socket.sendmsg",
-        "socket.getaddrinfo",
-        "socket.gethostbyname",
-        "socket.gethostbyaddr",
-        "socket.getnameinfo",
-        "socket.sethostname",
-    }
-)
-PROCESS_EVENTS = frozenset(
-    {
-        "os.fork",
-        "os.forkpty",
-        "os.exec",
-        "os.posix_spawn",
-        "os.spawn",
-        "os.system",
-        "os.killpg",
-        "subprocess.Popen",
-        "pty.spawn",
-        "resource.setrlimit",
-        "resource.prlimit",
-    }
-)
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Report:
-    """Writes lines to the parent's report file; the closing verdict carries the nonce."""
+    """One line per write(2) to the parent's report file (opened for appending)."""
 
-    def __init__(self, fd: int, nonce: str) -> None:
-        self._fd = fd
-        self._nonce = nonce
-        self._write = os.write
-        self._exit = os._exit
-        self.violations = 0
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
 
-    def line(self, text: str) -> None:
-        self._write(self._fd, (" ".join(text.split()) + "\n").encode("utf-8", "replace"))
-
-    def forbidden(self, event: str, what: str) -> None:
-        self.violations += 1
-        if self.violations <= MAX_REPORTED_VIOLATIONS:
-            self.line(f"forbidden {event} {what[:300]}")
-
-    def finish(self, status: str, detail: str = "") -> None:
-        """Write the verdict and end the process at once (no atexit hooks, no waiting for threads)."""
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
-        self.line(f"{self._nonce} {status} {detail[:500]}")
-        self._exit(0)
+    def line(self, word: str, text: str = "") -> None:
+        os.write(self.fd, (" ".join(f"{word} {text}".split())[:1000] + "\n").encode("utf-8", "replace"))
 
 
-def limit(kind: int, soft: int, hard: int | None = None) -> None:
-    """Set a resource limit, never above the hard limit we were started with."""
-    hard = soft if hard is None else hard
-    _, current = resource.getrlimit(kind)
-    if current != resource.RLIM_INFINITY:
-        soft, hard = min(soft, current), min(hard, current)
-    resource.setrlimit(kind, (soft, hard))
+class SolutionGone(Exception):
+    """The solution's process ended or broke the protocol: the tests cannot pass."""
+
+
+class SolutionRaised(Exception):
+    """The solution's function raised; the message names the exception it raised."""
+
+
+class Candidate:
+    """Stands in for the solution's function in the tester: each call crosses to the
+    solution's process as plain values and comes back as plain values."""
+
+    def __init__(self, protocol, fd: int, report: Report) -> None:
+        self._protocol, self._fd, self._report = protocol, fd, report
+        self.broken: str | None = None  # why no call can succeed any more
+        self.ended = False  # because the process ended: how it ended is the better reason
+        self.out_of_memory = False
+
+    def __call__(self, *args, **kwargs):
+        if self.broken is not None:
+            raise SolutionGone(self.broken)
+        self._protocol.send(self._fd, {"call": [self._protocol.encode(list(args)), self._protocol.encode(kwargs)]})
+        while True:
+            message = self.receive()
+            if "forbidden" in message:
+                continue
+            if "return" in message:
+                try:
+                    return self._protocol.decode(message["return"])
+                except self._protocol.ProtocolError as exc:
+                    self.broken = f"the solution returned {exc}"
+                    raise SolutionGone(self.broken) from None
+            if "raise" in message and _is_pair_of_text(message["raise"]):
+                name, detail = message["raise"]
+                self.out_of_memory = self.out_of_memory or name == "MemoryError"
+                raise SolutionRaised(detail or name)
+            self.broken = "the solution sent an unexpected message"
+            raise SolutionGone(self.broken)
+
+    def receive(self) -> dict:
+        """The next message, with `forbidden` notes reported on the way; SolutionGone at the end."""
+        try:
+            message = self._protocol.receive(self._fd)
+        except (self._protocol.ProtocolError, OSError) as exc:
+            self.broken = f"the solution sent {exc}"
+            raise SolutionGone(self.broken) from None
+        if message is None:
+            self.broken, self.ended = "the solution's process ended", True
+            raise SolutionGone(self.broken)
+        if "forbidden" in message:
+            self._report.line("forbidden", str(message["forbidden"]))
+        return message
+
+
+def _is_pair_of_text(value: object) -> bool:
+    return type(value) is list and len(value) == 2 and all(type(item) is str for item in value)
+
+
+def run_tester(job: dict, fd: int, report: Report, protocol) -> None:
+    """Send the solution its job, then judge: run `setup` and `tests` with `candidate` (and
+    the entry point's name) bound to the stand-in, or, for a plain program, take its end."""
+    candidate = Candidate(protocol, fd, report)
+    protocol.send(fd, {"job": {"source": job["solution"], "entry_point": job["entry_point"],
+                               "workdir": job["workdir"], "site_packages": site_packages()}})
+    try:
+        hello = candidate.receive()
+        if "hello" in hello and type(hello["hello"]) is list:
+            report.line("layers", " ".join(name for name in hello["hello"] if name in SOLUTION_LAYERS))
+        while "ready" not in (message := candidate.receive()):
+            if "end" in message and _is_pair_of_text(message["end"]):
+                status, detail = message["end"]
+                if job["tests"] is not None and status == "passed":
+                    status, detail = "failed", "the solution ended instead of serving its function"
+                report.line("verdict", f"{status if status in STATUSES else 'failed'} {detail}")
+                return
+            if "forbidden" not in message:
+                report.line("verdict", "failed the solution sent an unexpected message")
+                return
+        if job["tests"] is None:
+            report.line("verdict", "failed the program sent an unexpected message")
+            return
+    except SolutionGone:
+        return report_broken(candidate, report)
+    namespace = {"__name__": "__main__"}
+    for name in ("setup", "tests"):
+        linecache.cache[f"<{name}>"] = (len(job[name]), None, job[name].splitlines(True), f"<{name}>")
+    try:
+        exec(compile(job["setup"], "<setup>", "exec"), namespace)
+        namespace["candidate"] = namespace[job["entry_point"]] = candidate
+        exec(compile(job["tests"], "<tests>", "exec"), namespace)
+    except SolutionGone:
+        return report_broken(candidate, report)
+    except BaseException as exc:
+        if candidate.broken is not None:
+            return report_broken(candidate, report)
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
+        status = "memory" if candidate.out_of_memory else "failed"
+        report.line("verdict", f"{status} {describe_failure(exc)}")
+        return
+    if candidate.broken is None:
+        report.line("verdict", "passed")
+    else:
+        report_broken(candidate, report)
+
+
+def report_broken(candidate: Candidate, report: Report) -> None:
+    """A protocol violation is the verdict; for a process that ended, the parent gives how it ended."""
+    if not candidate.ended:
+        report.line("verdict", f"failed {candidate.broken}")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """'Type: message', then where the tests stopped, e.g. 'at <tests>:4: assert f(1) == 2'."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, SolutionRaised):
+        text = f"{exc} (raised by the solution)"
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename in ("<tests>", "<setup>")]
+    if frames:
+        text += f" at {frames[-1].filename}:{frames[-1].lineno}: {(frames[-1].line or '').strip()}"
+    return text[:500]
+
+
+def reason(exc: OSError) -> str:
+    """An OSError as 'what: why (file)', without the errno number."""
+    if not exc.strerror:
+        return str(exc)
+    return exc.strerror + (f" ({exc.filename})" if exc.filename else "")
+
+
+def limit(kind: int, soft: int) -> None:
+    """Lower a resource limit, never above the hard limit we were started with."""
+    _, hard = resource.getrlimit(kind)
+    value = soft if hard == resource.RLIM_INFINITY else min(soft, hard)
+    resource.setrlimit(kind, (value, value))
 
 
 def set_limits(job: dict) -> None:
     limit(resource.RLIMIT_CORE, 0)
-    cpu = int(job["cpu_seconds"])
-    limit(resource.RLIMIT_CPU, cpu, cpu + 1)  # SIGXCPU first, SIGKILL a second later
+    limit(resource.RLIMIT_CPU, int(job["cpu_seconds"]))
     limit(resource.RLIMIT_FSIZE, job["file_bytes"])
+    limit(resource.RLIMIT_AS, job["memory_bytes"])
 
 
-def unshare(flags: int) -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.unshare(flags) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def enter_user_network_namespace() -> bool:
-    """A new user and network namespace for an unprivileged process, the same ids inside."""
-    uid, gid = os.geteuid(), os.getegid()
-    if not unshare(CLONE_NEWUSER | CLONE_NEWNET):
-        return False
-    for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"),
-                       ("/proc/self/gid_map", f"{gid} {gid} 1")):
-        try:
-            with open(path, "w") as file:
-                file.write(text)
-        except OSError:
-            pass  # still isolated from the network; ids just show as the overflow id
-    return True
-
-
-def drop_privileges(uid: int, gid: int, root: str) -> bool:
-    """Become `uid` for good, but only if every import path stays readable and the sandbox
-    directory writable for it (an interpreter under /root would not be)."""
+def become_unprivileged(job: dict, jail, readable: list[str], writable: list[str], report: Report | None) -> bool:
+    """Drop to the job's unprivileged user when we are root and it can use the paths given;
+    True when not root afterwards. Says why not on `report`."""
     if os.geteuid() != 0:
+        return True
+    blocked = "no unprivileged user to run as" if job["uid"] is None else None
+    if blocked is None and (path := jail.can_act_as(job["uid"], job["gid"], readable, writable)) is not None:
+        blocked = f"the unprivileged user cannot use {path}"
+    if blocked is not None:
+        if report is not None:
+            report.line("note", blocked)
         return False
-    folders = [entry for entry in sys.path if os.path.isdir(entry)]  # decided as root
-    groups = os.getgroups()
-    os.setgroups([])
-    os.setegid(gid)
-    os.seteuid(uid)
-    try:
-        usable = all(os.access(folder, os.R_OK | os.X_OK, effective_ids=True) for folder in folders) and os.access(
-            root, os.W_OK | os.X_OK, effective_ids=True
-        )
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
-    if not usable:
-        os.setgroups(groups)
-        return False
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
+    jail.drop_privileges(job["uid"], job["gid"])
     return True
 
 
-def make_hook(root: str, report: Report):
-    """An audit hook refusing network use, process creation, limit changes, and writes or
-    removals outside `root`; each refusal is reported before it raises PermissionError."""
-    realpath, normpath, join, split, isabs = (os.path.realpath, os.path.normpath, os.path.join,
-                                              os.path.split, os.path.isabs)
-    fsdecode, getcwd, readlink, getpid = os.fsdecode, os.getcwd, os.readlink, os.getpid
-
-    def resolve(path: object, dir_fd: object, follow: bool) -> str | None:
-        if isinstance(path, int):
-            return None  # an open descriptor: opening it was checked
-        try:
-            text = fsdecode(path)
-            if not isabs(text):
-                has_fd = isinstance(dir_fd, int) and dir_fd >= 0
-                text = join(readlink(f"/proc/self/fd/{dir_fd}") if has_fd else getcwd(), text)
-            if follow:
-                return realpath(text)
-            head, tail = split(normpath(text))
-            return normpath(join(realpath(head), tail))
-        except (OSError, TypeError, ValueError):
-            return "<unresolvable path>"
-
-    def outside(path: str | None) -> bool:
-        return path is not None and path != root and not path.startswith(root + os.sep) and path not in ALWAYS_WRITABLE
-
-    def refuse(event: str, what: str) -> None:
-        report.forbidden(event, what)
-        raise PermissionError(errno.EACCES, f"sandbox: {event} is not allowed ({what})")
-
-    def hook(event: str, args: tuple) -> None:  # what it calls raises no audit events itself
-        if event == "open":
-            path, _mode, flags = args
-            if isinstance(flags, int) and flags & WRITE_FLAGS:
-                resolved = resolve(path, None, True)
-                if outside(resolved):
-                    refuse(event, f"write to {resolved}")
-        elif event in PATH_EVENTS:
-            for position, fd_position, follow in PATH_EVENTS[event]:
-                dir_fd = args[fd_position] if fd_position is not None and fd_position < len(args) else None
-                resolved = resolve(args[position], dir_fd, follow)
-                if outside(resolved):
-                    refuse(event, f"on {resolved}")
-        elif event in NETWORK_EVENTS:
-            refuse(event, repr(args[1] if event in ("socket.connect", "socket.bind") else args)[:200])
-        elif event in PROCESS_EVENTS:
-            refuse(event, repr(args)[:200])
-        elif event == "os.kill" and args[0] != getpid():
-            refuse(event, f"pid {args[0]}")
-
-    return hook
+def interpreter_folders() -> list[str]:
+    """The folders the solution's interpreter reads: its prefixes (with its shared library),
+    its own folder, the standard library and the site-packages (this supervisor runs with
+    -S, the solution without)."""
+    prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    folders = [*prefixes, os.path.dirname(os.path.realpath(sys.executable)), *sys.path, *site.getsitepackages()]
+    return sorted({os.path.realpath(folder) for folder in folders if os.path.isdir(folder)})
 
 
-def run_program(source: str, report: Report) -> None:
-    """Execute the program as __main__ and finish with its verdict: passed only when it runs
-    to the end (sys.exit() anywhere counts as failed)."""
-    linecache.cache[PROGRAM_NAME] = (len(source), None, source.splitlines(True), PROGRAM_NAME)
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
+def site_packages() -> list[str]:
+    """The interpreter's site-packages folders, for the solution's sys.path."""
+    return [folder for folder in site.getsitepackages() if os.path.isdir(folder)]
+
+
+def start_solution(job: dict, jail, fd: int, report: Report, output: int) -> None:
+    """In the fork that becomes the solution: limits, privileges, descriptors, then exec."""
     try:
-        exec(compile(source, PROGRAM_NAME, "exec"), namespace)
-    except MemoryError:
-        report.finish("memory", "MemoryError")
-    except SystemExit as exc:
-        report.finish("failed", f"exited early: SystemExit({exc.code!r})")
+        python, script = os.path.realpath(sys.executable), job["script"]
+        readable = [python, script] + interpreter_folders()
+        set_limits(job)
+        layers = ["rlimits"]
+        if become_unprivileged(job, jail, readable, [job["workdir"]], report):
+            layers.append("uid")
+            limit(resource.RLIMIT_NPROC, job["processes"])
+        jail.forbid_new_privileges()
+        layers.append("no_new_privs")
+        report.line("layers", " ".join(layers))
+        os.chdir(job["workdir"])
+        sources = (os.open(os.devnull, os.O_RDONLY), output, output, fd)
+        moved = [fcntl.fcntl(source, fcntl.F_DUPFD, 100) for source in sources]  # clobbers nothing
+        for target, source in enumerate(moved):
+            os.dup2(source, target)
+        os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # the report too
+        environment = {"PATH": "/usr/bin:/bin", "HOME": job["workdir"], "TMPDIR": job["workdir"],
+                       "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        os.execve(python, [python, "-I", "-B", "-S", script], environment)  # the bootstrap adds site-packages
     except BaseException as exc:
-        try:
-            sys.stdout.flush()
-        except BaseException:
-            pass
-        try:
-            traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)  # from the program's frame
-            detail = f"{type(exc).__name__}: {exc}"
-        except BaseException:
-            detail = type(exc).__name__
-        report.finish("failed", detail)
-    report.finish("passed")
+        report.line("note", f"the solution could not start: {type(exc).__name__}: {exc}")
+    os._exit(2)
+
+
+def run_init(job: dict, jail, fd: int, report: Report, in_pid_namespace: bool) -> None:
+    """PID 1 of the sandbox: fork the solution, reap whatever it leaves, end when it ends."""
+    jail.die_with_parent(None if in_pid_namespace else job["supervisor"])
+    solution = os.fork()
+    if solution == 0:
+        start_solution(job, jail, fd, report, output=1)
+    os.close(fd)
+    while True:
+        pid, status = os.wait()
+        if pid == solution:
+            report.line("exit", str(os.waitstatus_to_exitcode(status)))
+            os._exit(0)  # as init: the kernel now kills every process left in the namespace
 
 
 def main() -> None:
-    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-        del sys.path[0]  # Python < 3.11 puts this script's folder first; keep its modules out
     job = json.loads(sys.stdin.buffer.read())
-    report = Report(job["report_fd"], job["nonce"])
-    root = job["root"]
-    set_limits(job)
-    layers = ["rlimits"]
-    network = os.geteuid() == 0 and unshare(CLONE_NEWNET)
-    if job.get("uid") is not None and drop_privileges(job["uid"], job["gid"], root):
-        layers.append("uid")
-        limit(resource.RLIMIT_NPROC, job["processes"])
-    network = network or enter_user_network_namespace()
-    if network:
+    report = Report(job["report_fd"])
+    jail, protocol = load("sandbox_jail"), load("sandbox_solution")
+    os.umask(0o022)
+    layers: list[str] = []
+    job.update(supervisor=os.getpid(), script=os.path.join(HERE, "sandbox_solution.py"), workdir=job["folder"])
+    try:
+        jail.enter_namespaces(None if job["uid"] is None else (job["uid"], job["gid"]))
         layers.append("netns")
-    limit(resource.RLIMIT_AS, job["memory_bytes"])
-    sys.addaudithook(make_hook(root, report))
-    layers.append("audit")
-    report.line("layers " + " ".join(layers))
-    run_program(job["program"], report)
+        files = {name: open(os.path.join(HERE, name), "rb").read() for name in BOOTSTRAP}
+        jail.enter_jail(job["folder"], interpreter_folders(), files, job["tmp_bytes"])
+        layers.append("mountns")
+        job.update(script=f"{jail.SCRIPTS}/sandbox_solution.py", workdir=jail.WORKDIR)
+    except OSError as exc:
+        report.line("note", f"no jail: {reason(exc)}")
+    tester_end, solution_end = socket.socketpair()
+    tester = os.fork()
+    if tester == 0:
+        solution_end.close()
+        try:
+            set_limits(job)
+            become_unprivileged(job, jail, interpreter_folders(), [], None)  # it needs no privilege either
+            jail.die_with_parent(job["supervisor"])
+            run_tester(job, tester_end.fileno(), report, protocol)
+        except BaseException as exc:
+            report.line("note", f"the tester failed: {type(exc).__name__}: {exc}")
+        os._exit(0)
+    tester_end.close()
+    try:
+        jail.enter_pid_namespace()
+        layers.append("pidns")
+    except OSError as exc:
+        report.line("note", f"no PID namespace: {reason(exc)}")
+    report.line("layers", " ".join(layers))
+    init = os.fork()
+    if init == 0:
+        run_init(job, jail, solution_end.fileno(), report, "pidns" in layers)
+    solution_end.close()
+    os.waitpid(tester, 0)
+    deadline = time.monotonic() + INIT_GRACE_S  # the solution sees its channel close and ends
+    while os.waitpid(init, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(init, signal.SIGKILL)
+            os.waitpid(init, 0)  # returns once the namespace is empty
+            break
+        time.sleep(0.005)
 
 
 if __name__ == "__main__":

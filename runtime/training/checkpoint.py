@@ -1,9 +1,11 @@
 """Training state -> checkpoint folders written atomically and verified on load, and back.
 
 A checkpoint is `<out>/checkpoints/step-000012/`: `adapters/<slot>/` in peft's format,
-`optimizer.pt`, `rng.pt` (python and torch generator states), `state.json` (step,
-data position, seed, plan fingerprint) and, written last, `manifest.json` (every other
-file's relative path, size and sha256). It is written under a temporary name (`.step-*`),
+`optimizer.pt` (AdamW's moments keyed by parameter name, `parameters.parameter_key`),
+`rng.pt` (python and torch generator states), `state.json` (step, data position, seed,
+plan fingerprint) and, written last, `manifest.json` (every other file's relative path,
+size and sha256). `optimizer.pt` and `rng.pt` hold only tensors and plain containers and
+load with `torch.load(weights_only=True)`: nothing in a run folder is ever unpickled. It is written under a temporary name (`.step-*`),
 flushed to disk and renamed into place, so a folder named `step-*` is complete unless the
 disk altered it later; loading checks it against its manifest.
 """
@@ -25,11 +27,13 @@ import torch
 from neuromas.diagnostics import UserError
 from neuromas.plan import Plan
 from ..models.adapters import adapter_folders, load_adapters, save_adapters
+from .parameters import named_lora_parameters, plan_built_order
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+OPTIMIZER_FORMAT = "adamw-by-name-v2"  # older checkpoints saved torch's positional state_dict
 REJECTED = "rejected"  # checkpoints a resume skipped are moved here, for the user to inspect
 _REPLACED = ".replaced-"  # an older checkpoint of the same step, while its successor moves in
 
@@ -67,8 +71,8 @@ def save_checkpoint(out: Path, model: Any, slots: list[str], optimizer: torch.op
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     try:
         save_adapters(model, staging / "adapters", slots)
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, staging / "rng.pt")
+        torch.save(optimizer_state_by_name(model, optimizer), staging / "optimizer.pt")
+        torch.save(rng_state(), staging / "rng.pt")
         (staging / "state.json").write_text(json.dumps(state._asdict(), indent=2) + "\n")
         write_manifest(staging)
         _fsync_tree(staging)
@@ -191,9 +195,16 @@ def prune_checkpoints(out: Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model: Any, slots: list[str], optimizer: torch.optim.Optimizer) -> TrainState:
+def load_checkpoint(
+    path: Path, model: Any, slots: list[str], optimizer: torch.optim.Optimizer, *, is_grown_stage: bool = False
+) -> TrainState:
     """Verify a checkpoint folder, then restore adapters, optimizer and RNG states from it;
-    returns its TrainState. Raises UserError for a folder that is not a complete checkpoint."""
+    returns its TrainState. Raises UserError for a folder that is not a complete checkpoint,
+    or whose optimizer or RNG state cannot be read safely.
+
+    is_grown_stage: the plan of `slots` is a growth stage after the first, whose models
+    list adapters in more than one order; an old positional optimizer file is then refused.
+    """
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"checkpoint '{path}' does not exist")
@@ -202,12 +213,111 @@ def load_checkpoint(path: Path, model: Any, slots: list[str], optimizer: torch.o
         state = TrainState(**json.loads((path / "state.json").read_text()))
     except (OSError, ValueError, TypeError) as err:
         raise UserError(f"'{path}' is not a readable checkpoint: {err}") from None
+    saved_optimizer = _load_plain(path / "optimizer.pt")
+    rng = _load_plain(path / "rng.pt")
     load_adapters(model, adapter_folders(path / "adapters", slots))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)  # python's state is a tuple; verified, our own file
-    random.setstate(rng["python"])
-    torch.set_rng_state(rng["torch"])
+    load_optimizer_state(model, slots, optimizer, saved_optimizer, path / "optimizer.pt", is_grown_stage=is_grown_stage)
+    set_rng_state(rng, path / "rng.pt")
     return state
+
+
+def optimizer_state_by_name(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state_dict with every parameter index replaced by its parameter_key,
+    so it loads onto the same adapters whatever order another model lists them in."""
+    key_of = {id(param): key for key, param in named_lora_parameters(model)}
+    positional = optimizer.state_dict()
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    keys = [key_of[id(param)] for param in params]
+    return {
+        "format": OPTIMIZER_FORMAT,
+        "param_groups": [
+            {**{k: v for k, v in group.items() if k != "params"}, "params": [keys[i] for i in group["params"]]}
+            for group in positional["param_groups"]
+        ],
+        "state": {keys[index]: value for index, value in positional["state"].items()},
+    }
+
+
+def load_optimizer_state(
+    model: Any,
+    slots: list[str],
+    optimizer: torch.optim.Optimizer,
+    saved: Any,
+    source: Path,
+    *,
+    is_grown_stage: bool = False,
+) -> None:
+    """Load `saved` (read from `source`) into `optimizer`, matching parameters by name.
+
+    An old positional state_dict maps through the plan that wrote it: a model built from
+    that plan lists LoRA weights in `named_lora_parameters(model, slots)` order. A grown
+    stage's model may have listed them in growth order, so there it is refused (UserError).
+    """
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    key_of = {id(param): key for key, param in named_lora_parameters(model, slots)}
+    keys = [key_of.get(id(param)) for param in params]
+    if not isinstance(saved, dict) or "state" not in saved or "param_groups" not in saved:
+        raise UserError(f"'{source}' is not an optimizer state (expected a dict with state and param_groups)")
+    if saved.get("format") != OPTIMIZER_FORMAT:
+        if is_grown_stage:
+            raise UserError(
+                f"'{source}' keeps optimizer state by position (an older neuromas wrote it), and in a grown stage "
+                "positions do not say which adapter a moment belongs to: resume from a checkpoint this version "
+                "wrote, or start the stage again from the previous stage's checkpoint with `neuromas grow`"
+            )
+        by_plan = plan_built_order(model, slots)
+        try:
+            saved = {
+                "param_groups": [{**g, "params": [by_plan[i] for i in g["params"]]} for g in saved["param_groups"]],
+                "state": {by_plan[int(i)]: value for i, value in saved["state"].items()},
+            }
+        except (IndexError, TypeError, ValueError):
+            raise UserError(f"'{source}' holds optimizer state for another set of adapters") from None
+    index_of = {key: index for index, key in enumerate(keys) if key is not None}
+    unknown = [key for key in saved["state"] if key not in index_of]
+    if unknown:
+        raise UserError(f"'{source}' holds optimizer state for parameters this model lacks, such as {unknown[0]!r}")
+    if len(saved["param_groups"]) != len(optimizer.param_groups):
+        raise UserError(f"'{source}' has {len(saved['param_groups'])} parameter groups, this optimizer "
+                        f"{len(optimizer.param_groups)}")
+    try:
+        # torch matches a state_dict's parameter ids to the optimizer's parameters by position,
+        # so the ids are the current optimizer's own order; the hyperparameters are the saved ones.
+        groups, offset = [], 0
+        for saved_group, group in zip(saved["param_groups"], optimizer.param_groups, strict=True):
+            hyper = {k: v for k, v in saved_group.items() if k != "params"}
+            groups.append({**hyper, "params": list(range(offset, offset + len(group["params"])))})
+            offset += len(group["params"])
+        positional = {"param_groups": groups, "state": {index_of[key]: value for key, value in saved["state"].items()}}
+        optimizer.load_state_dict(positional)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"'{source}' does not fit this model's optimizer ({err})") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """python's and torch's generator states as plain containers and a tensor."""
+    version, internal, gauss_next = random.getstate()
+    return {"python": [version, list(internal), gauss_next], "torch": torch.get_rng_state()}
+
+
+def set_rng_state(saved: Any, source: Path) -> None:
+    """Restore the generators from `rng_state()`'s dict (read from `source`); raises UserError
+    for anything else."""
+    try:
+        version, internal, gauss_next = saved["python"]
+        random.setstate((int(version), tuple(int(value) for value in internal), gauss_next))
+        torch.set_rng_state(saved["torch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"'{source}' is not a random generator state ({err})") from None
+
+
+def _load_plain(path: Path) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers, never code."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # an UnpicklingError names the refused global; any damage lands here too
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"'{path}' holds more than tensors and plain values, so it is not loaded: {first}") from None
 
 
 def _move_into_place(staging: Path, final: Path) -> None:

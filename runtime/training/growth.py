@@ -3,18 +3,21 @@
 The compiler gives every node of a stage an origin (keep, copy of a node, mean of a
 layer, zero). Adapters live in slots, which several nodes may share, so origins are
 lifted to slots first: a slot the trained plan already has is kept bit for bit (and
-keeps its optimizer state); a new slot starts as its first node's origin says.
+keeps its optimizer state); a new slot starts as its first node's origin says: a copy
+of one slot, the mean of several slots' weight updates (ΔW = B·A, `mean_delta_factors`),
+or zero (the base model).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal, NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
 from neuromas.plan import GrowthStage, Plan
+from neuromas.vocabulary import OriginKind
 
 from ..models.adapters import attach_adapters
 
@@ -22,7 +25,7 @@ from ..models.adapters import attach_adapters
 class SlotOrigin(NamedTuple):
     """How one adapter slot of the grown plan starts: from which slots of the trained plan."""
 
-    kind: Literal["keep", "copy", "mean", "zero"]
+    kind: OriginKind
     sources: tuple[str, ...] = ()  # trained slots: one for keep and copy, several for mean
 
 
@@ -59,12 +62,35 @@ def grow_model(model: Any, trained: Plan, stage: GrowthStage, base_model: str | 
     with torch.no_grad():
         for module in _lora_modules(model):
             for slot, origin in origins.items():
-                if origin.kind not in ("copy", "mean"):
-                    continue
-                for weights in (module.lora_A, module.lora_B):
-                    sources = [weights[name].weight for name in origin.sources]
-                    weights[slot].weight.copy_(torch.stack(sources).mean(dim=0))
+                if origin.kind == "copy":
+                    for weights in (module.lora_A, module.lora_B):
+                        weights[slot].weight.copy_(weights[origin.sources[0]].weight)
+                elif origin.kind == "mean":
+                    a, b = mean_delta_factors([(module.lora_A[name].weight, module.lora_B[name].weight)
+                                               for name in origin.sources])
+                    module.lora_A[slot].weight.copy_(a)
+                    module.lora_B[slot].weight.copy_(b)
     return model, origins
+
+
+def mean_delta_factors(sources: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA factors (A, B) whose product B @ A is the mean of the sources' products, or its
+    best rank-r approximation when the mean has a higher rank (a truncated SVD, split
+    evenly: B = U sqrt(S), A = sqrt(S) V^T). Every slot of a plan has the same rank and
+    alpha, so peft's scale alpha / r is the same on both sides and cancels.
+
+    sources: (A: (r, in), B: (out, r)) pairs -> A: (r, in), B: (out, r), in A's dtype.
+    Averaging A's and B's separately would give mean(B) @ mean(A), cross terms of
+    unrelated adapters instead of their mean update.
+    """
+    rank = sources[0][0].shape[0]
+    delta = torch.stack([b.double() @ a.double() for a, b in sources]).mean(dim=0)  # (out, in)
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    root = s[:rank].sqrt()  # (r,)
+    b = u[:, :rank] * root  # (out, r)
+    a = root.unsqueeze(1) * vh[:rank]  # (r, in)
+    dtype = sources[0][0].dtype
+    return a.to(dtype), b.to(dtype)
 
 
 def carry_optimizer_state(

@@ -10,36 +10,44 @@ real completion tokens (1) against padding (0).
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-Algorithm = Literal["grpo", "reinforce", "rloo"]
-LossNorm = Literal["token", "sequence"]
+from neuromas.vocabulary import Algorithm, LossNorm
 
 GROUP_STD_EPS = 1e-4
+CONSTANT_SPREAD = 1e-9  # rewards whose max - min is at most this count as equal: their advantages are exactly 0
 
 
 def batch_mean_advantages(rewards: Tensor) -> Tensor:
     """REINFORCE with a batch-mean baseline (the paper's): A = r - mean(r) over the whole step.
 
-    rewards: (B,) -> (B,). No scaling by the standard deviation, as in the paper.
+    rewards: (B,) -> (B,). No scaling by the standard deviation, as in the paper. Computed
+    in float64; a batch of equal rewards gets advantages of exactly 0.
     """
-    return rewards - rewards.mean()
+    wide = rewards.double()
+    advantages = wide - wide.mean()
+    if _spread(wide) <= CONSTANT_SPREAD:
+        advantages = torch.zeros_like(wide)
+    return advantages.to(rewards.dtype)
 
 
 def group_advantages(rewards: Tensor, group_size: int, eps: float = GROUP_STD_EPS) -> Tensor:
     """GRPO: A = (r - mean_group) / (std_group + eps), each input's samples forming a group.
 
     rewards: (B,) with B = inputs * group_size -> (B,). The std is the unbiased sample
-    std (divides by G - 1), as in the GRPO reference code; a group whose rewards are all
-    equal gets zero advantages (its numerator is zero), which `eps` keeps finite.
+    std (divides by G - 1), as in the GRPO reference code. Computed in float64; a group
+    whose rewards are all equal gets advantages of exactly 0 (in float32 the rounding of
+    its mean would leave them at about 1e-4 / eps, all of one sign).
     """
-    grouped = _grouped(rewards, group_size)  # (N, G)
+    grouped = _grouped(rewards, group_size).double()  # (N, G)
     mean = grouped.mean(dim=1, keepdim=True)  # (N, 1)
     std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
-    return ((grouped - mean) / (std + eps)).reshape(-1)
+    advantages = (grouped - mean) / (std + eps)  # (N, G)
+    advantages = advantages.masked_fill(constant_groups(rewards, group_size).unsqueeze(1), 0.0)
+    return advantages.reshape(-1).to(rewards.dtype)
 
 
 def leave_one_out_advantages(rewards: Tensor, group_size: int) -> Tensor:
@@ -50,9 +58,22 @@ def leave_one_out_advantages(rewards: Tensor, group_size: int) -> Tensor:
     """
     if group_size < 2:
         raise ValueError("rloo needs a group of at least 2 samples per input")
-    grouped = _grouped(rewards, group_size)  # (N, G)
+    grouped = _grouped(rewards, group_size).double()  # (N, G)
     others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)  # (N, G)
-    return (grouped - others_mean).reshape(-1)
+    advantages = (grouped - others_mean).masked_fill(constant_groups(rewards, group_size).unsqueeze(1), 0.0)
+    return advantages.reshape(-1).to(rewards.dtype)
+
+
+def constant_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """Which groups' rewards are all equal (to within CONSTANT_SPREAD): (B,) -> (N,) bool.
+    Such a group carries no learning signal; its advantages are exactly 0."""
+    grouped = _grouped(rewards, group_size).double()  # (N, G)
+    return (grouped.amax(dim=1) - grouped.amin(dim=1)) <= CONSTANT_SPREAD
+
+
+def zero_std_fraction(rewards: Tensor, group_size: int) -> float:
+    """The fraction of the step's groups (each input's samples) whose rewards are all equal."""
+    return constant_groups(rewards, group_size).double().mean().item()
 
 
 def compute_advantages(algorithm: Algorithm, rewards: Tensor, group_size: int) -> Tensor:
@@ -64,6 +85,10 @@ def compute_advantages(algorithm: Algorithm, rewards: Tensor, group_size: int) -
     if algorithm == "rloo":
         return leave_one_out_advantages(rewards, group_size)
     raise ValueError(f"unknown algorithm {algorithm!r} (expected grpo, reinforce or rloo)")
+
+
+def _spread(rewards: Tensor) -> float:
+    return (rewards.max() - rewards.min()).item() if rewards.numel() else 0.0
 
 
 def _grouped(rewards: Tensor, group_size: int) -> Tensor:

@@ -20,7 +20,8 @@ from neuromas.plan import GrowthStage
 
 from ..tasks.evaluate import evaluate
 from ..tasks.registry import Task
-from .train import AnswerScorer, TrainSession, _keep_metrics_until
+from .scoring import AnswerScorer
+from .session import TrainSession, append_row, keep_rows_until
 
 EVALS_FILE = "evals.jsonl"
 
@@ -33,6 +34,7 @@ class EvalSettings(NamedTuple):
     n: int = 50  # questions per evaluation
     batch: int = 8  # questions per rollout
     seed: int = 0  # rollout seed, the same at every evaluation
+    score: AnswerScorer | None = None  # the held-out task's scorer (`scoring.make_scorer`); None: the training one
 
 
 def evals_since_best(rewards: Sequence[float]) -> int:
@@ -87,8 +89,8 @@ def evaluate_held_out(session: TrainSession, settings: EvalSettings, score: Answ
         "tokens_per_question": result.tokens_per_question,
         "seconds": round(result.seconds_per_question * result.n, 4),
     }
-    with (session.out / EVALS_FILE).open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
+    if session.is_main:
+        append_row(session.out / EVALS_FILE, row)
     return row
 
 
@@ -96,7 +98,7 @@ def read_evals(out: Path, step: int) -> list[dict[str, Any]]:
     """The evaluations of a run folder up to `step`; later rows (left by a run that
     stopped after its last checkpoint) are deleted from the file, as metrics are."""
     path = Path(out) / EVALS_FILE
-    _keep_metrics_until(path, step)
+    keep_rows_until(path, step)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

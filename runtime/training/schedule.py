@@ -16,23 +16,23 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from neuromas.diagnostics import UserError
 from neuromas.plan import GrowthStage, Plan
 
-from .checkpoint import newest_verified, plan_fingerprint, save_checkpoint
+from .checkpoint import load_checkpoint, newest_verified, plan_fingerprint, save_checkpoint
 from .growth import carry_optimizer_state, grow_model
+from .loop import RowHook, StopRequest, train
+from .parameters import trainable_parameters
 from .plateau import EvalSettings, evaluate_held_out, has_plateaued, is_due, read_evals, step_trigger_only
+from .scoring import AnswerScorer
+from .session import PLAN_FILE, RunLock, TrainSession, TrainSettings, check_out_folder, start_session
 from ..generation.rollout import Runtime
 from ..tasks.registry import Task
-from .train import (StopRequest, TrainSession, TrainSettings, is_stop_requested, make_scorer, save_if_unsaved,
-                    start_session, train_step)
-from .update import make_optimizer, prepare_for_update
+from .update import make_optimizer
 
 STAGES_FILE = "stages.json"
 GROWTH_PLAN_FILE = "growth_plan.json"  # the whole plan, every stage: what `neuromas grow` reads
@@ -57,20 +57,20 @@ def train_with_growth(
     settings: TrainSettings,
     out: Path,
     *,
-    reward: str | None = None,
-    allow_code: bool = False,
+    score: AnswerScorer | None = None,
     resume: bool = False,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
+    on_step: RowHook | None = None,
     evaluation: EvalSettings | None = None,
-    on_eval: Callable[[dict[str, Any]], None] | None = None,
+    on_eval: RowHook | None = None,
     stop: StopRequest | None = None,
 ) -> TrainSession:
     """Train through every growth stage until `settings.steps`; returns the last session.
 
-    evaluation: held-out evaluations, which let `or plateau K evals` start a stage
-    early; without them only `after N steps` starts stages (logged as a warning when
-    the spec asks for plateaus). Raises UserError for a plan without growth, and
-    ValueError for an evaluation interval or size below 1.
+    The steps are `loop.train`'s; between steps the system grows when the next stage is
+    due. score: as for `session.start_session`. evaluation: held-out evaluations, which
+    let `or plateau K evals` start a stage early; without them only `after N steps`
+    starts stages (logged as a warning when the spec asks for plateaus). Raises UserError
+    for a plan without growth, and ValueError for an evaluation interval or size below 1.
     """
     stages = stage_plans(plan)
     if not stages:
@@ -80,16 +80,13 @@ def train_with_growth(
     if evaluation is None and (warning := step_trigger_only(stages)) is not None:
         logger.warning(warning)
     index = _resume_stage(stages, out) if resume else 0
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / GROWTH_PLAN_FILE).write_text(plan.to_pretty_json())
     current = stages[index].plan
-    session = start_session(current, make_runtime(current), task, settings, out, reward=reward,
-                            allow_code=allow_code, resume=resume)
+    session = start_session(current, make_runtime(current), task, settings, out, score=score, resume=resume)
+    if session.is_main:  # written once the session holds the run folder's lock
+        (Path(out) / GROWTH_PLAN_FILE).write_text(plan.to_pretty_json())
     _record_stage(out, stages[index].name, session.state.step, "start", [stage.name for stage in stages[:index]])
     evals = read_evals(out, session.state.step)
-    held_out_score = None
-    if evaluation is not None:
-        held_out_score = make_scorer(session.config.reward, evaluation.task, reward, allow_code)
+    held_out_score = None if evaluation is None else evaluation.score or session.score
 
     def evaluate_if_due() -> None:
         step = session.state.step
@@ -101,22 +98,21 @@ def train_with_growth(
         if on_eval is not None:
             on_eval(evals[-1])
 
-    while session.state.step < settings.steps:
-        if is_stop_requested(stop):  # a clean stop: checkpoint the finished step
-            save_if_unsaved(session)
-            break
+    def grow_if_due(session: TrainSession) -> None:
+        nonlocal index
         evaluate_if_due()
-        following = stages[index + 1] if index + 1 < len(stages) else None
-        stage_rewards = [row["reward_mean"] for row in evals if row["stage"] == session.plan.stage]
-        trigger = growth_trigger(following, session.state.step, stage_rewards)
-        if following is not None and trigger is not None:
-            session = grow_session(session, following)
+        while index + 1 < len(stages):
+            following = stages[index + 1]
+            stage_rewards = [row["reward_mean"] for row in evals if row["stage"] == session.plan.stage]
+            trigger = growth_trigger(following, session.state.step, stage_rewards)
+            if trigger is None:
+                return
+            grow_session(session, following)
             index += 1
             _record_stage(out, following.name, session.state.step, trigger, [stage.name for stage in stages[:index]])
-            continue
-        metrics = train_step(session)
-        if on_step is not None:
-            on_step(metrics)
+            evaluate_if_due()
+
+    train(session, on_step=on_step, stop=stop, before_step=grow_if_due)
     if session.state.step >= settings.steps:
         evaluate_if_due()
     return session
@@ -136,28 +132,29 @@ def growth_trigger(following: GrowthStage | None, step: int, stage_rewards: Sequ
 
 
 def grow_session(session: TrainSession, stage: GrowthStage) -> TrainSession:
-    """The session for the grown system: same model object and step, the stage's plan,
-    an optimizer holding the carried state; its checkpoint is written at once."""
+    """Grow the session's system in place into `stage`'s: same model object and step, the
+    stage's plan, an optimizer holding the carried state; its checkpoint is written at once.
+    Returns the session."""
     model, origins = grow_model(session.model, session.plan, stage)
-    params = prepare_for_update(model)
+    slots = [slot.name for slot in stage.plan.adapters]
+    params = trainable_parameters(model, slots)
     optimizer = make_optimizer(params, stage.plan.train.lr if stage.plan.train else session.config.lr)
     carry_optimizer_state(session.optimizer, optimizer, model, origins)
     backend = session.runtime.backend
     backend.model = model
-    runtime = Runtime(stage.plan, backend, seed=session.runtime.seed)
-    state = session.state._replace(plan_fingerprint=plan_fingerprint(stage.plan))
-    grown = replace(session, plan=stage.plan, runtime=runtime, model=model, optimizer=optimizer, params=params, state=state)
-    save_checkpoint(session.out, model, [slot.name for slot in stage.plan.adapters], optimizer, state)
-    (session.out / "plan.json").write_text(stage.plan.to_pretty_json())
-    return grown
+    session.plan, session.model, session.optimizer, session.params = stage.plan, model, optimizer, params
+    session.runtime = Runtime(stage.plan, backend, seed=session.runtime.seed)
+    session.state = session.state._replace(plan_fingerprint=plan_fingerprint(stage.plan))
+    if session.is_main:
+        save_checkpoint(session.out, model, slots, optimizer, session.state)
+        (session.out / PLAN_FILE).write_text(stage.plan.to_pretty_json())
+    return session
 
 
 def grow_checkpoint(checkpoint: Path, plan: Plan, stage_name: str, out: Path, make_runtime: RuntimeFactory) -> Path:
     """One growth step for people who drive training themselves: load `checkpoint` (of the
     stage before `stage_name`), grow it, and write the grown checkpoint, at the same step,
     and the stage's plan.json into `out`. Returns the new checkpoint folder."""
-    from .checkpoint import load_checkpoint
-
     stages = stage_plans(plan)
     names = [stage.name for stage in stages]
     if stage_name not in names:
@@ -166,21 +163,38 @@ def grow_checkpoint(checkpoint: Path, plan: Plan, stage_name: str, out: Path, ma
     if index == 0:
         raise UserError(f"'{stage_name}' is the first stage: there is nothing trained to grow it from", exit_code=2)
     trained, stage = stages[index - 1].plan, stages[index]
-    state = json.loads((Path(checkpoint) / "state.json").read_text()) if (Path(checkpoint) / "state.json").is_file() else None
-    if state is None:
+    lock = RunLock.acquire(Path(out))  # one writer per run folder, as for train
+    try:
+        check_out_folder(Path(out), resume=False)  # never over another run's checkpoints and plan
+        return _grow_into(Path(checkpoint), trained, stage, index, Path(out), make_runtime, stages)
+    finally:
+        lock.release()
+
+
+def _grow_into(checkpoint: Path, trained: Plan, stage: GrowthStage, index: int, out: Path,
+               make_runtime: RuntimeFactory, stages: list[GrowthStage]) -> Path:
+    stage_name = stage.name
+    state_file = Path(checkpoint) / "state.json"
+    if not state_file.is_file():
         raise UserError(f"'{checkpoint}' is not a checkpoint folder (it has no state.json)")
-    if state["plan_fingerprint"] != plan_fingerprint(trained):
+    try:
+        fingerprint = json.loads(state_file.read_text())["plan_fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"'{state_file}' is not a readable checkpoint state ({type(err).__name__}: {err})") from None
+    if fingerprint != plan_fingerprint(trained):
         raise UserError(f"'{checkpoint}' was not trained from stage '{stages[index - 1].name}', the stage before '{stage_name}'")
     runtime = make_runtime(trained)
     model = runtime.backend.model
-    optimizer = make_optimizer(prepare_for_update(model), trained.train.lr if trained.train else 1e-4)
-    loaded = load_checkpoint(Path(checkpoint), model, [slot.name for slot in trained.adapters], optimizer)
+    trained_slots = [slot.name for slot in trained.adapters]
+    optimizer = make_optimizer(trainable_parameters(model, trained_slots), trained.train.lr if trained.train else 1e-4)
+    loaded = load_checkpoint(Path(checkpoint), model, trained_slots, optimizer, is_grown_stage=index > 1)
     model, origins = grow_model(model, trained, stage)
-    grown = make_optimizer(prepare_for_update(model), stage.plan.train.lr if stage.plan.train else 1e-4)
+    grown_slots = [slot.name for slot in stage.plan.adapters]
+    grown = make_optimizer(trainable_parameters(model, grown_slots), stage.plan.train.lr if stage.plan.train else 1e-4)
     carry_optimizer_state(optimizer, grown, model, origins)
     state_now = loaded._replace(plan_fingerprint=plan_fingerprint(stage.plan))
-    folder = save_checkpoint(Path(out), model, [slot.name for slot in stage.plan.adapters], grown, state_now)
-    (Path(out) / "plan.json").write_text(stage.plan.to_pretty_json())
+    folder = save_checkpoint(Path(out), model, grown_slots, grown, state_now)
+    (Path(out) / PLAN_FILE).write_text(stage.plan.to_pretty_json())
     _record_stage(Path(out), stage_name, loaded.step, "grow")
     return folder
 

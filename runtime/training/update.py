@@ -1,82 +1,64 @@
 """(sample, node) completions and their advantages -> one optimiser step on every node's LoRA adapter.
 
-Every row goes through its own node's adapter in the same forward pass: peft's
-mixed-adapter batches (`adapter_names=[...]`), which peft allows only outside
-training mode. So the model stays in eval mode while gradients are enabled on the
-LoRA weights alone; its gradients equal per-adapter passes (tests/training/test_update.py).
-Frozen nodes (adapter None) go through the base model (`__base__`) and get no gradient.
+Every row goes through its own node's adapter in the same forward pass: the stacked
+per-row LoRA of `backends.lora_rows` (the code generation samples with), or peft's
+mixed-adapter batches (`adapter_names=[...]`), which peft allows only outside training
+mode. So the model stays in eval mode while gradients are enabled on the LoRA weights
+alone; its gradients equal per-adapter passes (tests/training/test_update.py). Frozen
+nodes (adapter None) go through the base model (`__base__`) and get no gradient.
 
-Base weights stay frozen in their own dtype (bf16); the adapters are trained in fp32,
-and the output head is computed in fp32 so that log-probs are not rounded to bf16.
+Base weights stay frozen in their own dtype (bf16 where the CPU computes it natively,
+so the base's matmuls run in bf16); the adapters are trained in fp32, their deltas are
+computed in fp32, and the output head is computed once in fp32 so that log-probs are
+not rounded to bf16, exactly as during sampling.
+
+Where rows carry the sampler's log-probs, each token's loss is weighted by the truncated
+importance ratio min(pi_old / pi_sampler, cap): in bf16 the base model's rounding alone
+(prefill and decoding shapes differ) leaves a gap of a few hundredths of a nat per token.
+
+Three fast paths, each with a gradient-parity test against plain per-row passes:
+prompts shared by a group's samples are computed once (`packing.SharedPromptBatch`);
+rows whose advantage is exactly zero leave the step when the loss has no KL term (they
+contribute no gradient; the normalisers still count them); and entropy is computed
+only when asked for. A step with no signal at all skips `optimizer.step()`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
+from ..backends.lora_rows import fp32_output_head, row_adapters
+from ..backends.transformers import cache_argument
 from ..failures import in_phase
 from .loss import LossNorm, policy_terms, reduce_loss
+from .packing import (
+    BASE_ADAPTER,
+    DEFAULT_TOKEN_BUDGET,
+    Batch,
+    CompletionRow,
+    MicroBatch,
+    SharedPromptBatch,
+    collate,
+    collate_shared,
+    micro_batches,
+)
 
 if TYPE_CHECKING:
     from .distributed import DataParallel
 
-BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
-DEFAULT_TOKEN_BUDGET = 4096  # padded tokens per micro-batch
+__all__ = [
+    "BASE_ADAPTER", "DEFAULT_TOKEN_BUDGET", "CompletionRow", "MicroBatch", "SharedPromptBatch", "collate",
+    "collate_shared", "micro_batches", "token_logprobs", "score_batches", "update_step", "prepare_for_update",
+    "make_optimizer", "lora_parameters", "UpdateConfig", "UpdateStats", "TokenScores",
+]
 
-
-class CompletionRow(NamedTuple):
-    """One node's completion in one sample: what the update learns from.
-
-    sample: index of the sample in the step (input * group + j); its advantage applies.
-    adapter: the node's adapter slot; None for a frozen node.
-    prompt_ids / completion_ids: token ids exactly as generated (completion: (T_i,)).
-    temperature: the node's sampling temperature (log-probs are taken at it).
-    """
-
-    sample: int
-    node: str
-    level: int
-    adapter: str | None
-    prompt_ids: Sequence[int]
-    completion_ids: Sequence[int]
-    temperature: float
-
-
-class MicroBatch(NamedTuple):
-    """Rows padded into one forward pass: prompts left-padded to one length P, completions
-    right-padded to one length T, so every completion starts at column P.
-
-    rows: indices into the step's row list; input_ids, attention_mask, position_ids: (B, P + T);
-    completion_ids, completion_mask: (B, T); temperatures: (B, 1); adapter_names: B names.
-    """
-
-    rows: tuple[int, ...]
-    input_ids: Tensor
-    attention_mask: Tensor
-    position_ids: Tensor
-    completion_ids: Tensor
-    completion_mask: Tensor
-    temperatures: Tensor
-    adapter_names: list[str]
-
-    @property
-    def padded_tokens(self) -> int:
-        return self.input_ids.numel()
-
-    def to(self, device: torch.device) -> MicroBatch:
-        """The same micro-batch with its tensors on `device` (no copy when already there)."""
-        return self._replace(**{name: getattr(self, name).to(device) for name in _TENSOR_FIELDS})
-
-
-_TENSOR_FIELDS = ("input_ids", "attention_mask", "position_ids", "completion_ids", "completion_mask", "temperatures")
+LoraRows = Literal["stacked", "peft"]
 
 
 class TokenScores(NamedTuple):
@@ -88,15 +70,30 @@ class TokenScores(NamedTuple):
 
 
 class UpdateConfig(NamedTuple):
+    """clip, kl_coef, loss_norm: the loss (loss.py); grad_clip <= 0: no clipping (the norm
+    is still measured). entropy: measure the policy's entropy (about 10% of the update).
+    skip_zero_advantage: leave rows with an advantage of exactly 0 out when the loss has
+    no KL term. lora_rows: "stacked" (the sampler's LoRA code) or "peft". sampler_cap:
+    truncated importance sampling, each token's loss weighted by min(pi_old / pi_sampler,
+    cap) where rows carry their sampler's log-probs (<= 0: off); it corrects for the
+    sampler's numerics (bf16 rounding, another engine) differing from the trainer's."""
+
     clip: float
     kl_coef: float
     loss_norm: LossNorm
-    grad_clip: float  # <= 0: no clipping (the norm is still measured)
+    grad_clip: float
+    entropy: bool = False
+    skip_zero_advantage: bool = True
+    lora_rows: LoraRows = "stacked"
+    sampler_cap: float = 2.0
 
 
 class UpdateStats(NamedTuple):
-    """Means over the step's completion tokens, except loss (the optimised value) and
-    grad_norm (before clipping)."""
+    """loss: the optimised value (the full step's, skipped rows included, which add 0);
+    grad_norm: before clipping. kl, entropy, clip_fraction, ratio: means over the
+    completion tokens the step computed (entropy NaN unless asked for, kl and ratio NaN
+    when nothing was computed). tokens, rows: the step's; rows_skipped: rows left out
+    for a zero advantage; optimizer_skipped: no row had a signal, so AdamW did not step."""
 
     loss: float
     kl: float
@@ -106,84 +103,69 @@ class UpdateStats(NamedTuple):
     grad_norm: float
     tokens: int
     rows: int
+    rows_skipped: int = 0
+    optimizer_skipped: bool = False
 
 
-def micro_batches(rows: Sequence[CompletionRow], token_budget: int = DEFAULT_TOKEN_BUDGET) -> list[MicroBatch]:
-    """Pack rows level by level into micro-batches of at most `token_budget` padded tokens
-    (a row longer than the budget gets a micro-batch of its own). Rows without completion
-    tokens are left out: there is nothing to learn from them."""
-    batches: list[MicroBatch] = []
-    for level in sorted({row.level for row in rows}):
-        # Longest first, so each micro-batch holds rows of similar length and pads little.
-        members = sorted(
-            (i for i, row in enumerate(rows) if row.level == level and len(row.completion_ids) > 0),
-            key=lambda i: (-(len(rows[i].prompt_ids) + len(rows[i].completion_ids)), i),
-        )
-        current: list[int] = []
-        prompt_len = completion_len = 0
-        for index in members:
-            row = rows[index]
-            new_prompt = max(prompt_len, len(row.prompt_ids))
-            new_completion = max(completion_len, len(row.completion_ids))
-            if current and (len(current) + 1) * (new_prompt + new_completion) > token_budget:
-                batches.append(collate(rows, current))
-                current, new_prompt, new_completion = [], len(row.prompt_ids), len(row.completion_ids)
-            current.append(index)
-            prompt_len, completion_len = new_prompt, new_completion
-        if current:
-            batches.append(collate(rows, current))
-    return batches
-
-
-def collate(rows: Sequence[CompletionRow], indices: Sequence[int], pad_id: int = 0) -> MicroBatch:
-    """Pad the chosen rows into one MicroBatch (pad tokens are masked out, so any id works)."""
-    chosen = [rows[i] for i in indices]
-    prompt_len = max(len(row.prompt_ids) for row in chosen)
-    completion_len = max(len(row.completion_ids) for row in chosen)
-    input_ids = torch.full((len(chosen), prompt_len + completion_len), pad_id, dtype=torch.long)  # (B, L)
-    attention_mask = torch.zeros_like(input_ids)  # (B, L)
-    completion_ids = torch.full((len(chosen), completion_len), pad_id, dtype=torch.long)  # (B, T)
-    completion_mask = torch.zeros((len(chosen), completion_len), dtype=torch.float32)  # (B, T)
-    for b, row in enumerate(chosen):
-        start = prompt_len - len(row.prompt_ids)
-        end = prompt_len + len(row.completion_ids)
-        input_ids[b, start:end] = torch.tensor([*row.prompt_ids, *row.completion_ids])
-        attention_mask[b, start:end] = 1
-        completion_ids[b, : len(row.completion_ids)] = torch.tensor(row.completion_ids)
-        completion_mask[b, : len(row.completion_ids)] = 1.0
-    # Positions count real tokens only, as in generation with left padding.
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, L)
-    # A temperature of 0 (greedy) has no sampling distribution; score it at 1.
-    temperatures = torch.tensor([[row.temperature if row.temperature > 0 else 1.0] for row in chosen])  # (B, 1)
-    return MicroBatch(
-        rows=tuple(indices),
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        completion_ids=completion_ids,
-        completion_mask=completion_mask,
-        temperatures=temperatures,
-        adapter_names=[row.adapter or BASE_ADAPTER for row in chosen],
-    )
-
-
-def token_logprobs(model: nn.Module, batch: MicroBatch, *, use_adapters: bool = True, with_entropy: bool = False) -> TokenScores:
+def token_logprobs(
+    model: nn.Module,
+    batch: Batch,
+    *,
+    use_adapters: bool = True,
+    with_entropy: bool = False,
+    lora_rows: LoraRows = "stacked",
+) -> TokenScores:
     """Log-probs (and entropy) of each completion token under its row's adapter, or under
     the base model for every row when `use_adapters` is False. Grad follows the caller's
-    grad mode."""
+    grad mode; in a shared-prompt batch it flows back through the shared prompts' keys
+    and values to the LoRA weights that made them."""
     batch = batch.to(model_device(model))
-    completion_len = batch.completion_ids.shape[1]
-    names = batch.adapter_names if use_adapters else [BASE_ADAPTER] * len(batch.adapter_names)
-    with _fp32_output_head(model):
-        logits = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            adapter_names=names,
-            use_cache=False,
-            # The logits at column P - 1 + t predict completion token t: keep T + 1, drop the last.
-            logits_to_keep=completion_len + 1,
-        ).logits[:, :-1]  # (B, T, V), fp32
+    prefer_peft = lora_rows == "peft"
+
+    def names(adapters: list[str]) -> list[str]:
+        return adapters if use_adapters else [BASE_ADAPTER] * len(adapters)
+
+    if isinstance(batch, SharedPromptBatch):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        context, extra = row_adapters(model, names(batch.prefix_adapters), prefer_peft=prefer_peft)
+        with context, fp32_output_head(model):
+            model(
+                input_ids=batch.prefix_ids,
+                attention_mask=batch.prefix_mask,
+                position_ids=batch.prefix_positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_argument(): cache},
+                **extra,
+            )
+        if batch.row_prefix.tolist() != list(range(batch.prefix_ids.shape[0])):
+            cache.batch_select_indices(batch.row_prefix)  # (U, ...) -> (B, ...), differentiable
+        attention_mask = torch.cat([batch.prefix_mask[batch.row_prefix], batch.completion_mask.long()], dim=1)
+        context, extra = row_adapters(model, names(batch.adapter_names), prefer_peft=prefer_peft)
+        with context, fp32_output_head(model):
+            logits = model(
+                input_ids=batch.suffix_ids,
+                attention_mask=attention_mask,
+                position_ids=batch.suffix_positions,
+                use_cache=True,
+                **{cache_argument(): cache},
+                **extra,
+            ).logits  # (B, T, V), fp32: position t predicts completion token t
+    else:
+        completion_len = batch.completion_ids.shape[1]
+        context, extra = row_adapters(model, names(batch.adapter_names), prefer_peft=prefer_peft)
+        with context, fp32_output_head(model):
+            logits = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+                # The logits at column P - 1 + t predict completion token t: keep T + 1, drop the last.
+                logits_to_keep=completion_len + 1,
+                **extra,
+            ).logits[:, :-1]  # (B, T, V), fp32
     # The policy that sampled each row is softmax(logits / temperature). Its top-p cut is
     # left out, as is usual for policy-gradient log-probs: the sampled tokens lie inside
     # the nucleus, and the cut has no gradient.
@@ -198,10 +180,12 @@ def token_logprobs(model: nn.Module, batch: MicroBatch, *, use_adapters: bool = 
 
 @torch.no_grad()
 @in_phase("update")
-def score_batches(model: nn.Module, batches: Sequence[MicroBatch], *, use_adapters: bool = True) -> list[Tensor]:
+def score_batches(
+    model: nn.Module, batches: Sequence[Batch], *, use_adapters: bool = True, lora_rows: LoraRows = "stacked"
+) -> list[Tensor]:
     """Log-probs of every micro-batch without grad: the old policy (adapters on, taken
     before the update) or the reference (adapters off, for the KL). Each: (B, T)."""
-    return [token_logprobs(model, batch, use_adapters=use_adapters).logprobs for batch in batches]
+    return [token_logprobs(model, batch, use_adapters=use_adapters, lora_rows=lora_rows).logprobs for batch in batches]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -236,12 +220,22 @@ def make_optimizer(params: Sequence[nn.Parameter], lr: float) -> torch.optim.Ada
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
+def rows_with_signal(batch: Batch, row_advantages: Tensor, config: UpdateConfig) -> list[int]:
+    """Positions in `batch` of the rows that give a gradient: all of them, unless
+    zero-advantage skipping is on and the loss has no KL term, then those with A != 0
+    (a row with A = 0 adds exactly 0 to the loss: -ratio * 0 = 0, clipped or not)."""
+    positions = list(range(len(batch.rows)))
+    if not config.skip_zero_advantage or config.kl_coef != 0.0:
+        return positions
+    return [b for b in positions if row_advantages[batch.rows[b]].item() != 0.0]
+
+
 @in_phase("update")
 def update_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     params: Sequence[nn.Parameter],
-    batches: Sequence[MicroBatch],
+    batches: Sequence[Batch],
     old_logprobs: Sequence[Tensor] | None,
     ref_logprobs: Sequence[Tensor] | None,
     row_advantages: Tensor,
@@ -252,10 +246,15 @@ def update_step(
     gradients accumulated, clipped over all adapter parameters, then AdamW.
 
     old_logprobs / ref_logprobs: one (B, T) tensor per micro-batch; row_advantages: (R,),
-    one per row of the step (indexed by MicroBatch.rows). old_logprobs None means the
+    one per row of the step (indexed by the batches' rows). old_logprobs None means the
     model has not changed since the rollout (the first pass over it): the forward pass's
     own log-probs, detached, are then the old ones, the very numbers a separate no-grad
     pass would give, for one forward pass fewer.
+
+    Rows without a signal (`rows_with_signal`) are not computed; the normalisers still
+    count them, so loss and gradient are those of the full step. When no row of the
+    step has a signal, there is no forward pass and no `optimizer.step()` (AdamW's
+    momentum would otherwise move the adapters on a step with nothing to learn).
 
     group: data-parallel ranks (runtime.distributed), each with its share of the step's
     rows; every rank must call this, even with no micro-batch. The normalisers then
@@ -265,34 +264,57 @@ def update_step(
     # The normalisers cover the whole step, so the accumulated loss is the full-batch loss.
     total_tokens = int(sum(batch.completion_mask.sum().item() for batch in batches))
     total_rows = sum(len(batch.rows) for batch in batches)
+    kept = [rows_with_signal(batch, row_advantages, config) for batch in batches]
+    kept_rows = sum(len(positions) for positions in kept)
+    global_kept = kept_rows
     scale = 1.0
     if group is not None:
-        total_tokens, total_rows = (int(count) for count in group.sum([total_tokens, total_rows]))
+        counts = group.sum([total_tokens, total_rows, kept_rows])
+        total_tokens, total_rows, global_kept = (int(count) for count in counts)
         scale = float(group.world_size)  # mean over ranks of (world size x share) = the sum of the shares
-    device = model_device(model)
     optimizer.zero_grad(set_to_none=True)
-    sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clipped": 0.0, "ratio": 0.0}
-    for index, batch in enumerate(batches):
+    if global_kept == 0:
+        return UpdateStats(loss=0.0, kl=math.nan, entropy=math.nan, clip_fraction=0.0, ratio=math.nan,
+                           grad_norm=0.0, tokens=total_tokens, rows=total_rows, rows_skipped=total_rows,
+                           optimizer_skipped=True)
+    device = model_device(model)
+    sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clipped": 0.0, "ratio": 0.0, "tokens": 0.0}
+    for index, (batch, positions) in enumerate(zip(batches, kept, strict=True)):
+        if not positions:
+            continue
+        old = None if old_logprobs is None else old_logprobs[index]
+        ref = None if ref_logprobs is None else ref_logprobs[index]
+        if len(positions) < len(batch.rows):
+            batch = batch.select(positions)
+            width = batch.completion_ids.shape[1]
+            old = None if old is None else old[positions, :width]
+            ref = None if ref is None else ref[positions, :width]
         batch = batch.to(device)
-        scores = token_logprobs(model, batch, with_entropy=True)
+        scores = token_logprobs(model, batch, with_entropy=config.entropy, lora_rows=config.lora_rows)
         advantages = row_advantages[list(batch.rows)].to(device)  # (B,)
-        old = scores.logprobs.detach() if old_logprobs is None else old_logprobs[index]
         terms = policy_terms(
             scores.logprobs,
-            old,
+            scores.logprobs.detach() if old is None else old.to(device),
             advantages,
             clip=config.clip,
-            ref_logprobs=None if ref_logprobs is None else ref_logprobs[index],
+            ref_logprobs=None if ref is None else ref.to(device),
             kl_coef=config.kl_coef,
         )
-        loss = reduce_loss(terms.loss, batch.completion_mask, config.loss_norm, total_tokens, total_rows)
+        per_token = terms.loss
+        if config.sampler_cap > 0 and batch.sampler_logprobs is not None:
+            old_policy = scores.logprobs.detach() if old is None else old.to(device)
+            weight = torch.exp(old_policy - batch.sampler_logprobs).clamp(max=config.sampler_cap)  # (B, T)
+            per_token = per_token * weight * batch.completion_mask
+        loss = reduce_loss(per_token, batch.completion_mask, config.loss_norm, total_tokens, total_rows)
         (loss * scale if scale != 1.0 else loss).backward()
         mask = batch.completion_mask
         sums["loss"] += loss.item()
         sums["kl"] += (terms.kl * mask).sum().item()
-        sums["entropy"] += (scores.entropy * mask).sum().item()  # type: ignore[operator]
+        if scores.entropy is not None:
+            sums["entropy"] += (scores.entropy * mask).sum().item()
         sums["clipped"] += (terms.is_clipped * mask).sum().item()
         sums["ratio"] += (terms.ratio * mask).sum().item()
+        sums["tokens"] += mask.sum().item()
     if group is not None:
         group.average_gradients(params)
         sums = dict(zip(sums, group.sum(list(sums.values())), strict=True))
@@ -303,34 +325,15 @@ def update_step(
     # else: a NaN or inf gradient would corrupt every adapter and the optimiser's
     # moments; the step is skipped, and the non-finite norm shows it in the metrics.
     optimizer.zero_grad(set_to_none=True)
-    per_token = max(total_tokens, 1)
+    computed = max(sums["tokens"], 1.0)
     return UpdateStats(
         loss=sums["loss"],
-        kl=sums["kl"] / per_token,
-        entropy=sums["entropy"] / per_token,
-        clip_fraction=sums["clipped"] / per_token,
-        ratio=sums["ratio"] / per_token,
+        kl=sums["kl"] / computed,
+        entropy=sums["entropy"] / computed if config.entropy else math.nan,
+        clip_fraction=sums["clipped"] / computed,
+        ratio=sums["ratio"] / computed,
         grad_norm=grad_norm,
         tokens=total_tokens,
         rows=total_rows,
+        rows_skipped=total_rows - global_kept,
     )
-
-
-@contextlib.contextmanager
-def _fp32_output_head(model: nn.Module) -> Iterator[None]:
-    """Recompute the output head in fp32 while in this context: with a bf16 base, bf16
-    logits put errors of up to ~0.05 nats into log-probs (measured on SmolLM2-135M)."""
-    head = model.get_output_embeddings()
-    if head is None or head.weight.dtype == torch.float32:
-        yield
-        return
-
-    def to_fp32(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        bias = None if module.bias is None else module.bias.float()
-        return F.linear(inputs[0].float(), module.weight.float(), bias)
-
-    handle = head.register_forward_hook(to_fp32)
-    try:
-        yield
-    finally:
-        handle.remove()

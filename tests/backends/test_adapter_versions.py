@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from neuromas.runtime.models.adapter_versions import AdapterVersions
+from neuromas.runtime.models.adapter_versions import AdapterVersions, new_session_id, session_of
 
 SLOTS = ("node-hidden-0", "node-hidden-1", "node-answer-0")
 
@@ -93,3 +93,19 @@ def test_remove_folders_deletes_dropped_versions_under_root_only(tmp_path):
     assert [v.path for v in fifth.dropped] == list(outside.values())
     versions.remove_folders(fifth.dropped)
     assert all(folder.is_dir() for folder in outside.values())
+
+
+def test_a_session_id_goes_into_every_name_and_marks_what_the_registry_owns(tmp_path):
+    mine = AdapterVersions(tmp_path / "mine", SLOTS, session="3f9a1c2e")
+    other = AdapterVersions(tmp_path / "other", SLOTS, session=new_session_id())
+    names = [v.name for v in mine.publish(saved(tmp_path / "a", SLOTS[:1])).added]
+    assert names == ["node-hidden-0@3f9a1c2e-v1"]
+    assert session_of(names[0]) == "3f9a1c2e" and session_of("node-hidden-0@v1") is None
+    theirs = other.publish(saved(tmp_path / "b", SLOTS[:1])).added[0].name
+    assert theirs != names[0] and session_of(theirs) == other.session  # two processes never share a name
+    assert mine.owns(names[0]) and not mine.owns(theirs) and not other.owns(names[0])
+    assert not mine.owns("node-hidden-0@v1") and not mine.owns("smol-base") and not mine.owns("zzz@3f9a1c2e-v1")
+    plain = AdapterVersions(tmp_path / "plain", SLOTS)
+    assert plain.owns("node-hidden-0@v1") and not plain.owns(names[0])
+    with pytest.raises(ValueError, match="letters and digits only"):
+        AdapterVersions(tmp_path, SLOTS, session="a-b")

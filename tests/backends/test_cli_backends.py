@@ -26,7 +26,7 @@ def data(tmp_path) -> Path:
 def commands(data: Path, tmp_path: Path) -> dict[str, list[str]]:
     return {
         "run": ["run", NEUROMAS3, "--input", "What is 2 + 3?"],
-        "rollout": ["rollout", NEUROMAS3, "--data", str(data), "--out", str(tmp_path / "traces.jsonl")],
+        "rollout": ["rollout", NEUROMAS3, "--data", str(data), "-o", str(tmp_path / "traces.jsonl")],
         "eval": ["eval", NEUROMAS3, "--task", f"jsonl:{data}", "--n", "1"],
         "train": ["train", NEUROMAS3, "--task", f"jsonl:{data}", "--steps", "1", "--out", str(tmp_path / "run")],
     }
@@ -56,15 +56,13 @@ def test_options_of_another_backend_are_usage_errors(extra, message, data, tmp_p
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the runtime needs torch")
-def test_the_vllm_backend_without_vllm_or_a_gpu_says_what_is_missing(data, tmp_path, capsys):
-    import torch
-
-    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
-        pytest.skip("vllm and a CUDA GPU are both here: the backend would start")
+def test_the_vllm_backend_without_vllm_says_what_is_missing(data, tmp_path, capsys):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here: the backend starts (tests/vllm_engine test it for real)")
     code = main([*commands(data, tmp_path)["run"], "--backend", "vllm"])
     err = capsys.readouterr().err
     assert code == 1, err
-    assert ("needs the 'vllm' package" in err and "pip install -e '.[vllm]'" in err) or "needs a CUDA GPU" in err
+    assert "needs the 'vllm' package" in err and "pip install -e '.[vllm]'" in err
     assert "transformers backend" in err
 
 

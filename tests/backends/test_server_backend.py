@@ -1,14 +1,17 @@
-"""The server backend's request building, response parsing, row placement and adapter
-loading, against small local HTTP servers that speak vLLM's OpenAI-compatible protocol.
+"""The server backend's request building, response parsing and row placement, and what a
+real server cannot be made to do on demand: several servers at once, a second rank that
+only follows, refusals, malformed answers and a server that never answers.
 
-The fake servers check each body as vLLM 0.26's `CompletionRequest` would see it and answer
-deterministically; the real `vllm serve` runs in tests/gpu/test_server.py.
+The fake servers check each body as vLLM's `CompletionRequest` would see it and answer
+deterministically; the real vLLM server runs in tests/vllm_engine/test_server.py (CPU) and
+tests/gpu/test_server.py.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -128,6 +131,8 @@ class FakeVLLM:
     def __init__(self):
         self.adapters: dict[str, str] = {}
         self.completions: list[dict] = []
+        self.delay_s = 0.0  # seconds before every answer
+        self.reply_override: tuple[int, object] | None = None  # answer every completion with this
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -140,7 +145,10 @@ class FakeVLLM:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (the timeout test)
 
             def do_GET(self):
                 if self.path != "/v1/models":
@@ -158,6 +166,10 @@ class FakeVLLM:
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def handle(self, path: str, body: dict):
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.reply_override is not None and path == "/v1/completions":
+            return self.reply_override
         if path == "/v1/load_lora_adapter":
             if body["lora_name"] in self.adapters:
                 return 400, {"message": f"The lora adapter '{body['lora_name']}' has already been loaded."}
@@ -203,19 +215,19 @@ def saved_adapter(folder: Path) -> Path:
     return folder
 
 
-def test_generation_spreads_rows_and_adapter_versions_replace_each_other(servers, tmp_path):
+def test_generation_spreads_rows_over_servers_and_versions_replace_each_other_on_all(servers, tmp_path):
     assert served_base_model(servers[0].url) == BASE
-    versions = AdapterVersions(tmp_path / "versions", ["a", "b"])
+    versions = AdapterVersions(tmp_path / "versions", ["a", "b"], session="s1")
     backend = ServerBackend([s.url for s in servers], BASE, None, versions, concurrency=4)
     first = {slot: saved_adapter(tmp_path / "first" / slot) for slot in ("a", "b")}
     backend.set_adapters(first)
-    assert all(server.adapters.keys() == {"a@v1", "b@v1"} for server in servers)
+    assert all(server.adapters.keys() == {"a@s1-v1", "b@s1-v1"} for server in servers)
 
     rows = [request([10 * i + 1, 10 * i + 2], adapter="a" if i < 2 else "b") for i in range(4) for _ in range(2)]
     rows.append(request([7], adapter=None, generation=GREEDY))
     results = backend.generate(rows, seed=3)
     assert [r.completion_ids[0] for r in results] == [r.prompt_ids[-1] + 1 for r in rows]  # request order kept
-    assert results[0].text == "a@v1:3" and results[0].logprobs == (-0.25,) * 3
+    assert results[0].text == "a@s1-v1:3" and results[0].logprobs == (-0.25,) * 3
     assert results[-1].text == f"{BASE}:2" and results[-1].logprobs == (0.0, 0.0)
     assert len(servers[0].completions) + len(servers[1].completions) == len(rows)
     assert servers[0].completions and servers[1].completions  # both servers got work
@@ -224,12 +236,14 @@ def test_generation_spreads_rows_and_adapter_versions_replace_each_other(servers
     # A new version is loaded everywhere, the old one unloaded, its folder deleted.
     old_folder = versions.current("a").path
     backend.set_adapters({"a": saved_adapter(tmp_path / "second" / "a")})
-    assert all(server.adapters.keys() == {"a@v2", "b@v1"} for server in servers)
+    assert all(server.adapters.keys() == {"a@s1-v2", "b@s1-v1"} for server in servers)
     assert not old_folder.exists()
-    assert backend.generate([rows[0]])[0].text == "a@v2:3"
-    assert backend.loaded_adapters() == {server.url: {"a@v2", "b@v1"} for server in servers}
+    assert backend.generate([rows[0]])[0].text == "a@s1-v2:3"
+    servers[0].adapters["a@other-v1"] = "another session's"  # not ours: neither listed nor unloaded
+    assert backend.loaded_adapters() == {server.url: {"a@s1-v2", "b@s1-v1"} for server in servers}
     assert backend.stats.adapter_syncs == 2
-    backend.close()
+    backend.close()  # every server drops this session's adapters
+    assert servers[0].adapters.keys() == {"a@other-v1"} and not servers[1].adapters
 
 
 def test_server_errors_name_the_server_and_the_fix(servers, tmp_path):
@@ -245,6 +259,11 @@ def test_server_errors_name_the_server_and_the_fix(servers, tmp_path):
     servers[0].adapters["a@v1"] = "taken"  # the server refuses a name it already has
     with pytest.raises(ServerError, match="already been loaded"):
         backend.set_adapters({"a": saved_adapter(tmp_path / "ok" / "a")})
+    broken = {"choices": [{"text": "x", "finish_reason": "stop"}]}  # no token ids, no log-probs
+    servers[0].reply_override = (200, broken)
+    with pytest.raises(ServerResponseError, match="no token ids"):
+        backend.generate([request([1], adapter=None)])
+    servers[0].reply_override = None
     with pytest.raises(UserError, match="cannot reach the server.*\n  fix: start the server"):
         served_base_model("http://127.0.0.1:9")
     with pytest.raises(UserError, match="at least one server URL"):
@@ -267,3 +286,14 @@ def test_a_rank_that_does_not_publish_uses_the_publishers_adapter_names(servers,
     assert follower.generate([request([3])])[0].text == "a@v1:3"
     publisher.close()
     follower.close()
+
+
+def test_a_server_that_does_not_answer_in_time_fails_the_call(servers, tmp_path):
+    backend = ServerBackend([servers[0].url], BASE, None, AdapterVersions(tmp_path, ["a"]), timeout_s=0.2)
+    servers[0].delay_s = 1.0
+    start = time.monotonic()
+    with pytest.raises(ServerError, match=r"no answer within 0.2 s"):
+        backend.generate([request([1], adapter=None)])
+    assert time.monotonic() - start < 1.0
+    servers[0].delay_s = 0.0
+    backend.close()

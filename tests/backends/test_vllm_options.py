@@ -1,8 +1,6 @@
-"""Engine options for the vLLM backend: rank rounding, plan-derived sizes, command-line flags."""
+"""Engine options for the vLLM backend: rank rounding, plan-derived sizes (the flags: tests/cli/test_options.py)."""
 
 from __future__ import annotations
-
-import argparse
 
 import msgspec
 import pytest
@@ -10,9 +8,7 @@ import pytest
 import neuromas
 from neuromas.diagnostics import UserError
 from neuromas.runtime.backends.vllm_options import (
-    DEFAULT_MAX_BATCH_ROWS,
     VLLMOptions,
-    add_vllm_arguments,
     adapter_slots,
     adapters_per_call,
     engine_kwargs,
@@ -130,24 +126,3 @@ def test_a_plan_without_adapters_runs_without_lora(neuromas3):
 def test_invalid_options_are_user_errors(bad):
     with pytest.raises(UserError):
         VLLMOptions(**bad)
-
-
-def test_flags_round_trip():
-    parser = argparse.ArgumentParser()
-    add_vllm_arguments(parser)
-    assert VLLMOptions.from_args(parser.parse_args([])) == VLLMOptions()
-    args = parser.parse_args(
-        "--gpu-memory-utilization 0.4 --max-model-len 3000 --max-lora-rank 64 --enforce-eager "
-        "--tensor-parallel-size 2 --sleep-mode --max-num-seqs 128 --max-batch-rows 0".split()
-    )
-    assert VLLMOptions.from_args(args) == VLLMOptions(
-        gpu_memory_utilization=0.4,
-        max_model_len=3000,
-        max_lora_rank=64,
-        enforce_eager=True,
-        tensor_parallel_size=2,
-        sleep_mode=True,
-        max_num_seqs=128,
-        max_batch_rows=None,
-    )
-    assert VLLMOptions().max_batch_rows == DEFAULT_MAX_BATCH_ROWS == 256

@@ -36,6 +36,12 @@ def test_sampled_rows_ask_for_the_sampled_token_log_prob():
         "detokenize": True,
         "skip_special_tokens": True,
         "include_stop_str_in_output": False,
+        # Neutral, and sent: a server would otherwise fill them from generation_config.json.
+        "top_k": 0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
         "seed": 11,
     }
     assert "seed" not in sampling_kwargs(SAMPLED)

@@ -8,7 +8,7 @@ pytest.importorskip("torch")
 
 from neuromas.diagnostics import UserError  # noqa: E402
 from neuromas.runtime.training.distributed import DataParallel, current, rank_seed  # noqa: E402
-from neuromas.runtime.training.train import check_batch_for_ranks  # noqa: E402
+from neuromas.runtime.training.loop import check_batch_for_ranks  # noqa: E402
 
 
 @pytest.mark.parametrize(("count", "world"), [(3, 2), (8, 4), (5, 3), (7, 1), (2, 2)])

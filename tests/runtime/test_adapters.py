@@ -95,3 +95,13 @@ def test_unknown_lora_targets_are_a_user_error(loaded):
     bad = msgspec.structs.replace(plan, adapter=msgspec.structs.replace(plan.adapter, targets=("q_proj", "qq_proj")))
     with pytest.raises(UserError, match="qq_proj match no layer"):
         attach_adapters(copy.deepcopy(loaded.model), bad)
+
+
+def test_a_rank_above_the_models_hidden_size_is_refused(loaded):
+    hidden = loaded.model.config.hidden_size  # 576 for SmolLM2-135M
+    plan = compile_small("neuromas3.nmas")
+    too_large = msgspec.structs.replace(plan, adapter=msgspec.structs.replace(plan.adapter, rank=hidden + 1))
+    with pytest.raises(UserError, match=rf"rank must be between 1 and the model's hidden size \({hidden}\)") as raised:
+        attach_adapters(loaded.model, too_large)
+    assert raised.value.exit_code == 2
+    assert not hasattr(loaded.model, "peft_config")  # refused before anything was attached

@@ -48,7 +48,7 @@ def test_rollout_writes_one_trace_per_input_and_sample(tmp_path, capsys):
     data = tmp_path / "questions.jsonl"
     data.write_text('{"question": "What is 2 + 3?", "answer": "5"}\n{"prompt": "Name a color."}\n')
     out = tmp_path / "traces.jsonl"
-    code = main(["rollout", NEUROMAS3, "--data", str(data), "--out", str(out), "--group", "2",
+    code = main(["rollout", NEUROMAS3, "--data", str(data), "-o", str(out), "--group", "2",
                  "--max-tokens", "3", "--threads", "1", "--with-tokens"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -59,6 +59,29 @@ def test_rollout_writes_one_trace_per_input_and_sample(tmp_path, capsys):
     assert len(node["completion_ids"]) == len(node["logprobs"]) == node["completion_tokens"] <= 3
     assert traces[0]["answers"]["answer"]["text"] == node["text"]
     assert "wrote 4 traces" in captured.err and "2 generate calls" in captured.err
+
+
+def test_eval_of_a_small_file_counts_each_question_once(tmp_path, capsys):
+    data = tmp_path / "one.jsonl"
+    data.write_text('{"question": "What is 2 + 3?", "answer": "5"}\n')
+    out = tmp_path / "result.json"
+    code = main(["eval", NEUROMAS3, "--task", str(data), "--n", "2", "--max-tokens", "1", "--threads", "1",
+                 "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"warning: --n 2, but jsonl:{data} has 1 question(s): evaluating each once" in captured.err
+    result = json.loads(out.read_text())
+    assert (result["n"], len(result["scores"])) == (1, 1)
+
+
+def test_rollout_writes_traces_to_standard_output_without_o(tmp_path, capsys):
+    data = tmp_path / "one.jsonl"
+    data.write_text('{"question": "What is 2 + 3?"}\n')
+    code = main(["rollout", NEUROMAS3, "--data", str(data), "--max-tokens", "1", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (trace,) = [json.loads(line) for line in captured.out.splitlines()]
+    assert trace["inputs"] == {"question": "What is 2 + 3?"} and "wrote 1 traces to standard output" in captured.err
 
 
 def test_missing_model_says_what_was_looked_for(capsys):
@@ -104,7 +127,7 @@ def test_rollout_data_errors_exit_1_with_the_line(tmp_path, capsys, content, mes
     data = tmp_path / "data.jsonl"
     if content is not None:
         data.write_text(content)
-    code = main(["rollout", NEUROMAS3, "--data", str(data), "--out", str(tmp_path / "out.jsonl")])
+    code = main(["rollout", NEUROMAS3, "--data", str(data), "-o", str(tmp_path / "out.jsonl")])
     assert code == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()  # nothing was run

@@ -90,6 +90,6 @@ def test_rollout_reports_a_truncated_data_file_before_loading_the_model(tmp_path
 
     spec = Path(__file__).resolve().parents[2] / "specs" / "single_agent.nmas"
     path = write(tmp_path, '{"question": "2+3?"}\n{"quest')
-    assert main(["rollout", str(spec), "--data", str(path), "--out", str(tmp_path / "traces.jsonl")]) == 1
+    assert main(["rollout", str(spec), "--data", str(path), "-o", str(tmp_path / "traces.jsonl")]) == 1
     assert f"error: {path}:2: the last line is not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "traces.jsonl").exists()

@@ -52,7 +52,7 @@ def test_evaluate_counts_calls_tokens_and_scores(make_backend, task, tmp_path):
 
 
 def test_checkpoint_adapters_finds_the_newest_verified_checkpoint(tmp_path, capsys):
-    from neuromas.commands.eval import checkpoint_adapters
+    from neuromas.commands.assemble import checkpoint_adapters
     from neuromas.runtime.training.checkpoint import write_manifest
 
     folders = [tmp_path / "run" / "checkpoints" / f"step-00000{step}" for step in (1, 2)]

@@ -156,6 +156,8 @@ def test_out_of_memory_in_a_real_update_names_the_token_budget(tmp_path, monkeyp
         return real_token_logprobs(*args, **kwargs)
 
     monkeypatch.setattr(update, "token_logprobs", allocating)
+    # The tiny run's rewards are constant, and rows without signal would skip the forward pass.
+    monkeypatch.setattr(update, "rows_with_signal", lambda batch, advantages, config: list(range(len(batch.rows))))
     spec, data = tiny_run(tmp_path)
     out = tmp_path / "run"
     code = main(["train", str(spec), "--task", f"jsonl:{data}", "--steps", "1", "--out", str(out), "--threads", "1"])
@@ -193,9 +195,14 @@ def mounted_tmpfs(folder: Path, size: str) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs to fill needs root")
-def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path, capsys):
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
     """Two training steps into a 760 KiB tmpfs: the first checkpoint (about 500 KiB) fits,
-    the second fills the disk while torch writes its optimizer state."""
+    the second fills the disk while torch writes its optimizer state. The tiny run's
+    rewards are constant, so every row is kept in the update: AdamW then steps and its
+    state has the size of a real run's."""
+    from neuromas.runtime.training import update
+
+    monkeypatch.setattr(update, "rows_with_signal", lambda batch, advantages, config: list(range(len(batch.rows))))
     spec, data = tiny_run(tmp_path)
     out = tmp_path / "disk"
     mounted_tmpfs(out, "760k")
@@ -250,7 +257,7 @@ def test_a_file_size_limit_while_writing_traces_names_the_file(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
 
     argv = [sys.executable, "-B", "-m", "neuromas.cli", "rollout", str(REPO / "specs" / "single_agent.nmas"),
-            "--data", str(data), "--out", str(traces), "--max-tokens", "1", "--threads", "1"]
+            "--data", str(data), "-o", str(traces), "--max-tokens", "1", "--threads", "1"]
     result = subprocess.run(argv, capture_output=True, text=True, preexec_fn=limit_file_size, cwd=REPO, timeout=300)
     assert result.returncode == 1, result.stderr
     assert f"error: could not write '{traces}': the file is larger than this process may write" in result.stderr

@@ -76,19 +76,42 @@ def test_kept_and_copied_adapters(grown_growth_spec, loaded):
             assert all(torch.equal(copied[name], source[name]) for name in copied)
 
 
-def test_mean_adapter_is_the_layer_mean(grown_growth_spec, loaded):
+def _deltas(model, slot: str) -> dict[str, torch.Tensor]:
+    """Each LoRA module's weight update B @ A of one slot, in float64."""
+    return {name: module.lora_B[slot].weight.double() @ module.lora_A[slot].weight.double()
+            for name, module in model.named_modules()
+            if hasattr(module, "lora_A") and isinstance(module.lora_A, torch.nn.ModuleDict) and slot in module.lora_A}
+
+
+def test_mean_adapter_update_is_the_layer_mean_update(grown_growth_spec, loaded):
     plan, model = grown_growth_spec
     first, second, third = plan.growth
     model, _ = grow_model(model, first.plan, second, loaded.source)
     _randomize(model)  # mid[0] and mid[1] trained apart
+    a, b = _deltas(model, "node-mid-0"), _deltas(model, "node-mid-1")
     model, origins = grow_model(model, second.plan, third, loaded.source)
     assert origins["node-mid-2"].kind == "mean"
     assert set(origins["node-mid-2"].sources) == {"node-mid-0", "node-mid-1"}
-    mean = _slot_weights(model, "node-mid-2")
-    a, b = _slot_weights(model, "node-mid-0"), _slot_weights(model, "node-mid-1")
-    for name in mean:
-        assert torch.allclose(mean[name], (a[name] + b[name]) / 2, atol=1e-6)
-        assert not torch.equal(mean[name], a[name])
+    rank = plan.adapter.rank
+    for name, delta in _deltas(model, "node-mid-2").items():
+        mean = (a[name] + b[name]) / 2  # rank up to 2r: the best rank-r update is its truncated SVD
+        u, s, vh = torch.linalg.svd(mean, full_matrices=False)
+        best = (u[:, :rank] * s[:rank]) @ vh[:rank]
+        torch.testing.assert_close(delta, best, atol=1e-6, rtol=1e-4)
+        assert (delta - mean).norm() < 0.9 * mean.norm()  # the product of mean factors is cross-term noise
+
+
+def test_mean_of_opposite_factors_keeps_their_shared_update():
+    """B1 A1 = (-B)(-A) = B A: the mean update is B A, while mean(B) mean(A) would be 0."""
+    from neuromas.runtime.training.growth import mean_delta_factors
+
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4, 32, generator=generator), torch.randn(24, 4, generator=generator)
+    new_a, new_b = mean_delta_factors([(a, b), (-a, -b)])
+    assert new_a.shape == a.shape and new_b.shape == b.shape and new_a.dtype == a.dtype
+    torch.testing.assert_close(new_b @ new_a, b @ a, atol=1e-5, rtol=1e-5)
+    new_a, new_b = mean_delta_factors([(a, b), (a, 3 * b), (-a, -b)])
+    torch.testing.assert_close(new_b @ new_a, 5 * b @ a / 3, atol=1e-5, rtol=1e-5)
 
 
 def test_zero_node_starts_as_the_base_model(loaded):

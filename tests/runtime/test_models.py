@@ -75,3 +75,19 @@ def test_a_folder_without_weights_names_the_folder(tmp_path):
     with pytest.raises(UserError, match=rf"could not load model '{folder}' from the folder '{folder}': .*\n  fix: the "
                                         r"folder needs config.json, the weights \(\*.safetensors\)"):
         models.load_model(str(folder), threads=1)
+
+
+def test_the_default_thread_count_leaves_out_the_cores_others_keep_busy(monkeypatch):
+    monkeypatch.setattr(models, "_physical_cores", lambda: 2)
+    for load, expected in [(0.0, 2), (0.4, 2), (1.0, 1), (1.7, 1), (9.0, 1)]:
+        monkeypatch.setattr(models.os, "getloadavg", lambda load=load: (load, load, load))
+        assert models.default_threads() == expected, load
+    monkeypatch.setattr(models, "_physical_cores", lambda: 16)
+    monkeypatch.setattr(models.os, "getloadavg", lambda: (3.2, 3.0, 3.0))
+    assert models.default_threads() == 13
+    before = torch.get_num_threads()
+    try:
+        models.set_threads(None)
+        assert torch.get_num_threads() == 13
+    finally:
+        torch.set_num_threads(before)

@@ -113,5 +113,5 @@ def test_eval_flags_need_a_growth_schedule_and_positive_numbers(tmp_path, capsys
     growth_spec.write_text(SPEC)
     code = main(["train", str(growth_spec), "--task", f"jsonl:{data}", "--out", str(tmp_path / "run"),
                  "--eval-every", "2", "--eval-n", "0"])
-    assert code == 2 and "--eval-n must be at least 1" in capsys.readouterr().err
+    assert code == 2 and "argument --eval-n: must be from 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

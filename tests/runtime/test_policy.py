@@ -66,7 +66,7 @@ def test_a_code_reward_is_refused_without_allow_code_and_imports_nothing(tmp_pat
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"question": "Say 5", "answer": "5"}) + "\n")
     code = main(["train", str(spec), "--task", f"jsonl:{data}", "--steps", "1", "--out", str(tmp_path / "run")])
-    assert code == 1
+    assert code == 2  # a usage error
     assert f"reward '{name}' runs code imported from your Python path; pass --allow-code" in capsys.readouterr().err
     assert not marker.exists() and "policy_reward_plugin" not in sys.modules
     assert not (tmp_path / "run").exists()
@@ -141,14 +141,14 @@ def test_template_paths_that_leave_the_spec_folder_are_refused_unless_allowed(tm
 
 
 def test_commands_that_run_a_spec_take_allow_outside_paths(tmp_path, capsys):
-    from neuromas.commands.run import add_runtime_options, load_plan
+    from neuromas.commands.assemble import load_plan
+    from neuromas.commands.options import add_spec_argument, parents
 
     path = outside_paths(tmp_path)["parent"]
     spec = tmp_path / "spec" / "t.nmas"
     spec.write_text(TEMPLATE_SPEC % path)
-    parser = argparse.ArgumentParser()
-    parser.add_argument("spec")
-    add_runtime_options(parser)
+    parser = argparse.ArgumentParser(parents=parents("spec", "stage", "sampling"))
+    add_spec_argument(parser)
     assert load_plan(parser.parse_args([str(spec), "--allow-outside-paths"])).nodes[0].template.kind == "jinja"
     with pytest.raises(CompileError, match="outside the spec's folder"):
         load_plan(parser.parse_args([str(spec)]))

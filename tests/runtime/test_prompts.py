@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -102,6 +103,29 @@ def test_jinja_templates_run_in_a_sandbox(tokenizer):
         jinja_node = msgspec.structs.replace(node, template=msgspec.structs.replace(node.template, kind="jinja", source=source))
         with pytest.raises(UserError, match=message):
             PromptRenderer(plan, tokenizer).render(jinja_node, {"question": "q"}, {})
+
+
+def test_the_template_variables_are_the_documented_ones():
+    from neuromas.jinja_sandbox import VARIABLES  # what `neuromas check` lets a template use
+
+    plan = compile_small("neuromas3.nmas")
+    node = plan.node_map()["answer[0]"]
+    assert tuple(PromptRenderer(plan, tokenizer=None).variables(node, [])) == VARIABLES
+
+
+def test_jinja_templates_render_under_time_and_size_limits(tokenizer):
+    plan = compile_small("neuromas3.nmas")
+    node = plan.node_map()["hidden[0]"]
+    for source, message in (
+        ("{{ node.id }}\n{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", r"line 2 .*ran longer than 2 s"),
+        ("{{ ((10**1000)**1000)**1000 }}", r"line 1 .*bits; the limit is 100,000"),
+        ("{{ 'x'*10**10 }}", r"line 1 .*10,000,000,000 characters or items; the limit is 1,000,000"),
+    ):
+        jinja_node = msgspec.structs.replace(node, template=msgspec.structs.replace(node.template, kind="jinja", path="node.jinja", source=source))
+        started = time.monotonic()
+        with pytest.raises(UserError, match=rf"template 'node.jinja', {message}"):
+            PromptRenderer(plan, tokenizer).render(jinja_node, {"question": "q"}, {})
+        assert time.monotonic() - started < 10
 
 
 def test_truncation_cuts_the_longest_upstream_message_first(tokenizer):

@@ -18,7 +18,7 @@ from neuromas.runtime.training.plateau import EvalSettings
 from neuromas.runtime.generation.rollout import Runtime
 from neuromas.runtime.training.schedule import train_with_growth
 from neuromas.runtime.tasks.registry import TaskOptions, load_task
-from neuromas.runtime.training.train import TrainSettings
+from neuromas.runtime.training.session import TrainSettings
 
 SPEC = """
 system tiny_growth {
@@ -49,7 +49,13 @@ def task(tmp_path):
     return load_task(f"jsonl:{path}", TaskOptions(input_names=("question",)))
 
 
-def _run(loaded, task, out, steps, resume=False, spec=SPEC, evaluation=None):
+def vowel_share(answer, example) -> float:
+    """A graded reward that varies between samples, so every step has a signal."""
+    letters = [c for c in answer.text.lower() if c.isalpha()]
+    return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
+
+
+def _run(loaded, task, out, steps, resume=False, spec=SPEC, evaluation=None, score=None):
     plan = neuromas.compile(spec)
 
     def make_runtime(stage_plan):
@@ -59,7 +65,7 @@ def _run(loaded, task, out, steps, resume=False, spec=SPEC, evaluation=None):
 
     rows = []
     session = train_with_growth(plan, make_runtime, task, TrainSettings(steps=steps, save_every=1, keep_checkpoints=0),
-                                out, resume=resume, on_step=rows.append, evaluation=evaluation)
+                                out, score=score, resume=resume, on_step=rows.append, evaluation=evaluation)
     return session, rows
 
 
@@ -93,6 +99,25 @@ def test_resume_across_the_growth_boundary_is_exact(loaded, task, tmp_path):
     for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
         if "lora_" in name:
             assert torch.equal(a, b), name
+
+
+def _lora(model) -> dict[str, torch.Tensor]:
+    return {name: param.detach().clone() for name, param in model.named_parameters() if "lora_" in name}
+
+
+def test_resume_inside_a_grown_stage_is_exact(loaded, task, tmp_path):
+    """The grown model lists old slots before new ones; the model rebuilt on resume lists them
+    in plan order. AdamW's moments must follow the names, so step 4 is the uninterrupted one."""
+    straight, _ = _run(loaded, task, tmp_path / "straight", steps=4, score=vowel_share)
+    _run(loaded, task, tmp_path / "split", steps=3, score=vowel_share)  # grows at step 2, trains step 3 grown
+    resumed, rows = _run(loaded, task, tmp_path / "split", steps=4, resume=True, score=vowel_share)
+    assert [row["stage"] for row in rows] == ["wide"] and resumed.state.step == 4
+    assert _metrics(tmp_path / "split") == _metrics(tmp_path / "straight")
+    want, got = _lora(straight.model), _lora(resumed.model)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[name], got[name]) for name in want), [n for n in want if not torch.equal(want[n], got[n])]
+    # AdamW stepped in the grown stage (the moments mattered): the comparison has teeth
+    assert all(row["grad_norm"] > 0 and not row["optimizer_skipped"] for row in _metrics(tmp_path / "straight"))
 
 
 def test_grow_checkpoint_matches_growing_during_training(loaded, task, tmp_path):

@@ -27,6 +27,7 @@ def test_selections_name_all_problems_or_numbers_and_ranges():
             select_problems(bad, IDS)
 
 
+@pytest.mark.sandbox
 def test_the_bare_kind_is_every_problem_scored_on_the_whole_text():
     task = load_task("humaneval", TaskOptions(("question",)))
     assert task.name == "humaneval:all" and len(task) == 164
@@ -35,6 +36,7 @@ def test_the_bare_kind_is_every_problem_scored_on_the_whole_text():
     assert example.answer == example.record["id"] and "```python" in example.inputs["question"]
 
 
+@pytest.mark.sandbox
 def test_task_options_set_the_sandbox_limits_and_the_rest_stay_default():
     assert limits_from_settings({}) == DEFAULT_LIMITS
     assert limits_from_settings({"timeout_s": 2, "memory_mb": 512, "file_mb": 4}) == Limits(
@@ -46,6 +48,7 @@ def test_task_options_set_the_sandbox_limits_and_the_rest_stay_default():
             load_task("humaneval:0", TaskOptions(("question",), options=settings))
 
 
+@pytest.mark.sandbox
 def test_the_timeout_option_reaches_the_sandbox():
     task = load_task("humaneval:0", TaskOptions(("question",), options={"timeout_s": 1}))
     hanging = "```python\ndef has_close_elements(numbers, threshold):\n    while True:\n        pass\n```"
@@ -54,10 +57,11 @@ def test_the_timeout_option_reaches_the_sandbox():
     assert time.monotonic() - started < DEFAULT_LIMITS.timeout_s  # killed at 1 s, not at the default 5 s
 
 
+@pytest.mark.sandbox
 def test_canonical_solution_scores_1_and_a_wrong_one_0_through_the_training_scorer():
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from neuromas.runtime.training.train import make_scorer
+    from neuromas.runtime.training.scoring import make_scorer
 
     problems = load_problems()
     task = load_task("humaneval:0,2", TaskOptions(("question",)))

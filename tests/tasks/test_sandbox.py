@@ -1,68 +1,77 @@
-"""The sandbox: verdicts for passing, failing, runaway and misbehaving programs, and cleanup."""
+"""The sandbox: verdicts for passing, failing, runaway and misbehaving programs, and cleanup.
+
+Attacks on the verdict and on the machine are in test_sandbox_escapes.py, the layers in test_sandbox_layers.py.
+"""
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import pytest
 
-from neuromas.runtime.tasks.sandbox import Limits, Status, run_python, sandbox_layers
+from neuromas.runtime.tasks.sandbox import Limits, Outcome, Status, run_python
 
-QUICK = Limits(timeout_s=1.0)
-
-SOLUTION = '''
-def incr_list(l: list):
-    """Return list with elements incremented by 1."""
-    return [x + 1 for x in l]
-'''
-WRONG_SOLUTION = '''
-def incr_list(l: list):
-    return [x + 2 for x in l]
-'''
-TEST = '''
-def check(candidate):
-    assert candidate([]) == []
-    assert candidate([3, 2, 1]) == [4, 3, 2]
-    assert candidate([5, 2, 5, 2, 3, 3, 9, 0, 123]) == [6, 3, 6, 3, 4, 4, 10, 1, 124]
-
-check(incr_list)
-'''
+QUICK = Limits(timeout_s=2.0)
+pytestmark = [pytest.mark.sandbox, pytest.mark.usefixtures("sandbox_temp")]
 
 
-def run(program: str, limits: Limits = QUICK, **kwargs) -> object:
-    return run_python(textwrap.dedent(program), limits, **kwargs)
+def run(program: str, limits: Limits = QUICK) -> Outcome:
+    return run_python(textwrap.dedent(program), limits)
 
 
-def gone(pid: int) -> bool:
-    """True once `pid` no longer runs (absent, or a zombie waiting for its reaper)."""
-    for _ in range(100):
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state in ("Z", "X"):
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def test_a_correct_solution_passes_and_its_output_is_kept():
-    outcome = run(SOLUTION + TEST + "print('all good')")
-    assert outcome.status is Status.PASSED and outcome.passed
+def test_a_correct_solution_passes_and_its_output_is_kept(incr_list):
+    outcome = incr_list.judge(incr_list.solution + "print('all good')")
+    assert outcome.status is Status.PASSED and outcome.passed, outcome
     assert "all good" in outcome.output
-    assert {"rlimits", "audit"} <= set(outcome.layers)
+    assert {"rlimits", "uid", "audit"} <= set(outcome.layers)
 
 
-def test_a_wrong_solution_fails_with_the_assertion():
-    outcome = run(WRONG_SOLUTION + TEST)
+def test_the_solution_runs_this_interpreter_with_its_packages():
+    outcome = run(f"""
+        import sys, pluggy
+        assert sys.version == {sys.version!r} and sys.prefix == {sys.prefix!r}, (sys.version, sys.prefix)
+    """)
+    assert outcome.status is Status.PASSED, outcome
+
+
+def test_a_wrong_solution_fails_with_the_assertion_and_its_line(incr_list):
+    outcome = incr_list.judge(incr_list.wrong)
     assert outcome.status is Status.FAILED
     assert outcome.detail.startswith("AssertionError")
-    assert "candidate([3, 2, 1])" in outcome.output  # the traceback shows the failing line
+    assert "candidate([3, 2, 1])" in outcome.output  # the tester's traceback shows the failing line
+    assert "at <tests>:4: assert candidate([3, 2, 1]) == [4, 3, 2]" in outcome.detail
+
+
+def test_a_result_that_is_no_plain_value_or_too_big_fails_and_says_why(incr_list):
+    outcome = incr_list.judge("def incr_list(l):\n    return iter(l)\n")
+    assert outcome.status is Status.FAILED and "not a plain value" in outcome.detail
+    outcome = incr_list.judge("def incr_list(l):\n    return 'x' * (20 << 20)\n")
+    assert outcome.status is Status.FAILED and "a message of 2097" in outcome.detail
+
+
+def test_an_exception_in_the_solution_fails_and_names_it(incr_list):
+    outcome = incr_list.judge("def incr_list(l):\n    raise KeyError('nope')\n")
+    assert outcome.status is Status.FAILED
+    assert "KeyError" in outcome.detail and "raised by the solution" in outcome.detail
+
+
+def test_a_solution_without_the_function_or_with_a_syntax_error_fails(incr_list):
+    assert "defines no function 'incr_list'" in incr_list.judge("def other():\n    pass\n").detail
+    assert incr_list.judge("def incr_list(:\n").detail.startswith("SyntaxError")
+
+
+def test_values_keep_their_type_across_the_channel(incr_list):
+    tests = textwrap.dedent("""
+        value = candidate((1, [2.5, None], {"k": {3}}, b"x", 1j, frozenset({True}), 10**30, -10**5000))
+        assert value == ((1, [2.5, None], {"k": {3}}, b"x", 1j, frozenset({True}), 10**30, -10**5000),), value
+        assert type(value[0]) is tuple and type(value[0][1]) is list and type(value[0][0]) is int
+        assert candidate(float("inf")) == (float("inf"),) and candidate(keyword=1) == ((), {"keyword": 1})
+    """)
+    solution = "def incr_list(*args, **kwargs):\n    return (args, kwargs) if kwargs else args\n"
+    outcome = incr_list.judge(solution, tests)
+    assert outcome.passed, outcome
 
 
 @pytest.mark.parametrize(
@@ -80,33 +89,25 @@ def test_only_running_to_the_end_passes(program, status, detail):
     assert detail in outcome.detail
 
 
-def test_an_endless_loop_times_out_and_leaves_no_process():
-    outcome = run("import os\nprint(os.getpid(), flush=True)\nwhile True:\n    pass")
+def test_an_endless_loop_times_out():
+    outcome = run("while True:\n    pass", Limits(timeout_s=1.0))
     assert outcome.status is Status.TIMEOUT
     assert 1.0 <= outcome.seconds < 3.0
-    assert gone(int(outcome.output.split()[0]))
 
 
-def test_a_process_started_behind_the_hooks_back_is_killed_with_the_group():
-    outcome = run("""
-        import ctypes, time
-        pid = ctypes.CDLL(None).fork()  # libc's fork: no audit event
-        if pid == 0:
-            while True:
-                time.sleep(1)
-        print(pid, flush=True)
-    """)
-    assert outcome.status is Status.PASSED
-    assert gone(int(outcome.output.split()[0]))
+def test_an_endless_loop_in_the_solution_times_out(incr_list):
+    outcome = incr_list.judge("def incr_list(l):\n    while True:\n        pass\n", timeout_s=1.0)
+    assert outcome.status is Status.TIMEOUT
 
 
-def test_a_huge_allocation_runs_out_of_memory():
+def test_a_huge_allocation_runs_out_of_memory(incr_list):
     outcome = run("buffer = bytearray(8 * 2**30)\nbuffer[-1] = 1")
     assert outcome.status is Status.MEMORY
     assert outcome.seconds < 3.0
+    assert incr_list.judge("def incr_list(l):\n    return bytearray(8 * 2**30)\n").status is Status.MEMORY
 
 
-def test_files_inside_the_sandbox_are_allowed_and_removed_afterwards():
+def test_files_inside_the_working_folder_are_allowed():
     outcome = run("""
         import os, tempfile
         with open("scratch.txt", "w") as file:
@@ -114,29 +115,23 @@ def test_files_inside_the_sandbox_are_allowed_and_removed_afterwards():
         os.mkdir("folder")
         os.rename("scratch.txt", "folder/moved.txt")
         tempfile.mkstemp()
+        with tempfile.TemporaryDirectory() as folder:
+            open(os.path.join(folder, "inner"), "w").close()
         print(os.getcwd())
     """)
-    assert outcome.status is Status.PASSED
-    folder = outcome.output.strip()
-    assert folder.startswith(os.path.realpath(os.environ.get("TMPDIR", "/tmp")))
-    assert not os.path.exists(folder)
+    assert outcome.status is Status.PASSED, outcome
 
 
-@pytest.mark.parametrize("where", ["tmp", "home"])
-def test_a_write_outside_is_refused(tmp_path, where):
-    base = tmp_path if where == "tmp" else Path.home()
-    target = base / f"neuromas-sandbox-escape-{os.getpid()}-{time.monotonic_ns()}.txt"
-    try:
-        outcome = run(f"open({str(target)!r}, 'w').write('escaped')")
-        assert outcome.status is Status.FORBIDDEN
-        assert str(target) in outcome.detail
-        assert not target.exists()
-    finally:
-        target.unlink(missing_ok=True)
+def test_a_write_outside_is_refused(outside):
+    target = outside / "escape.txt"
+    outcome = run(f"open({str(target)!r}, 'w').write('escaped')")
+    assert outcome.status is Status.FORBIDDEN
+    assert str(target) in outcome.detail
+    assert not target.exists()
 
 
-def test_removing_or_renaming_outside_is_refused_even_when_the_error_is_caught(tmp_path):
-    victim = tmp_path / "keep" / "file.txt"
+def test_removing_or_renaming_outside_is_refused_even_when_the_error_is_caught(outside):
+    victim = outside / "keep" / "file.txt"
     victim.parent.mkdir()
     victim.write_text("keep me")
     outcome = run(f"""
@@ -145,22 +140,11 @@ def test_removing_or_renaming_outside_is_refused_even_when_the_error_is_caught(t
                         lambda: os.rename({str(victim)!r}, "stolen.txt")):
             try:
                 attempt()
-            except PermissionError:
+            except OSError:
                 pass
     """)
     assert outcome.status is Status.FORBIDDEN
     assert victim.read_text() == "keep me"
-
-
-def test_a_symlink_does_not_lead_a_write_outside(tmp_path):
-    target = tmp_path / "via-link.txt"
-    outcome = run(f"""
-        import os
-        os.symlink({str(target)!r}, "link.txt")
-        open("link.txt", "w").write("escaped")
-    """)
-    assert outcome.status is Status.FORBIDDEN
-    assert not target.exists()
 
 
 def test_a_connection_to_a_listening_local_port_is_refused():
@@ -181,44 +165,17 @@ def test_a_connection_to_a_listening_local_port_is_refused():
             server.accept()  # nothing got through
 
 
-def test_a_name_lookup_is_refused():
-    outcome = run("import socket\nsocket.getaddrinfo('localhost', 80)")
-    assert outcome.status is Status.FORBIDDEN
-    assert outcome.detail.startswith("socket.getaddrinfo")
+def test_a_name_lookup_starting_a_process_or_raising_a_limit_is_refused():
+    assert run("import socket\nsocket.getaddrinfo('localhost', 80)").detail.startswith("socket.getaddrinfo")
+    assert run("import subprocess\nsubprocess.run(['sleep', '30'])").detail.startswith("subprocess.Popen")
+    assert run("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))").status is Status.FORBIDDEN
 
 
-def test_starting_a_process_is_refused():
-    outcome = run("import subprocess\nsubprocess.run(['sleep', '30'])")
-    assert outcome.status is Status.FORBIDDEN
-    assert outcome.detail.startswith("subprocess.Popen")
-
-
-def test_raising_a_limit_is_refused():
-    outcome = run("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))")
-    assert outcome.status is Status.FORBIDDEN
-
-
-@pytest.mark.skipif("netns" not in sandbox_layers(), reason="no network namespace on this machine")
-def test_the_network_namespace_has_no_interface_but_loopback():
+@pytest.mark.sandbox_layer("netns")
+def test_the_network_namespace_has_no_interface_up():
     outcome = run("""
-        lines = open("/proc/net/dev").read().splitlines()[2:]
-        names = {line.split(":")[0].strip() for line in lines}
-        assert names == {"lo"}, names
+        import ctypes, socket
+        names = [name for _, name in socket.if_nameindex()]
+        assert names == ["lo"], names
     """)
-    assert outcome.status is Status.PASSED, outcome.detail
-
-
-def _unprivileged_python() -> str | None:
-    if os.geteuid() != 0:
-        return None
-    for python in (sys.executable, "/usr/bin/python3"):
-        if os.path.exists(python) and "uid" in sandbox_layers(python):
-            return python
-    return None
-
-
-@pytest.mark.skipif(_unprivileged_python() is None, reason="not root, or no interpreter readable by nobody")
-def test_root_runs_the_program_as_an_unprivileged_user():
-    outcome = run("import os\nassert os.getuid() != 0 and os.geteuid() != 0\nopen('mine.txt', 'w')",
-                  python=_unprivileged_python())
-    assert outcome.status is Status.PASSED, outcome.detail
+    assert outcome.status is Status.PASSED, outcome

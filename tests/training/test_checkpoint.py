@@ -28,7 +28,7 @@ from neuromas.runtime.training.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from neuromas.runtime.training.train import resume_checkpoint
+from neuromas.runtime.training.session import resume_checkpoint
 
 
 class Tiny(torch.nn.Module):
@@ -253,3 +253,90 @@ def test_the_rename_is_flushed_to_disk(tiny_peft, tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "_fsync_dir", lambda folder: (flushed.append(Path(folder)), real(folder)))
     path = save_checkpoint(tmp_path, model, ["slot_a"], optimizer, TrainState(1, 1, 0, "sha256:x"))
     assert flushed[-1] == path.parent  # the folder holding the renamed entry, after the rename
+
+
+def _two_slot_model(order: tuple[str, str], seed: int):
+    """The tiny model with slots added in `order`: peft then lists their weights in that order."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = lambda: LoraConfig(r=2, lora_alpha=4, target_modules=["proj"])  # noqa: E731
+    model = get_peft_model(Tiny(), config(), adapter_name=order[0])
+    model.add_adapter(order[1], config())
+    return model
+
+
+def _moments_by_name(model, optimizer) -> dict[str, torch.Tensor]:
+    return {name: optimizer.state[param]["exp_avg"].clone()
+            for name, param in model.named_parameters() if param in optimizer.state}
+
+
+def test_optimizer_moments_follow_parameter_names_not_positions(tmp_path):
+    """A grown model lists slot_b's weights before slot_a's; a model rebuilt from the plan lists
+    them in plan order. Each moment must land on the same slot's tensor."""
+    grown = _two_slot_model(("slot_b", "slot_a"), seed=0)
+    params = [p for name, p in grown.named_parameters() if "lora_" in name]  # growth order
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=0.1)
+    generator = torch.Generator().manual_seed(2)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator)  # distinct moments for every tensor
+    optimizer.step()
+    expected = _moments_by_name(grown, optimizer)
+    path = save_checkpoint(tmp_path, grown, ["slot_a", "slot_b"], optimizer, TrainState(1, 1, 0, "sha256:x"))
+
+    rebuilt = _two_slot_model(("slot_a", "slot_b"), seed=1)
+    rebuilt_params = [p for name, p in rebuilt.named_parameters() if "lora_" in name]  # plan order
+    rebuilt_optimizer = torch.optim.AdamW(rebuilt_params, lr=0.1)
+    load_checkpoint(path, rebuilt, ["slot_a", "slot_b"], rebuilt_optimizer)
+    found = _moments_by_name(rebuilt, rebuilt_optimizer)
+    assert found.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(found[name], expected[name]), name
+    assert not torch.equal(expected["base_model.model.proj.lora_A.slot_a.weight"],
+                           expected["base_model.model.proj.lora_A.slot_b.weight"])  # a swap would show
+
+
+def test_an_old_positional_optimizer_file_maps_through_its_plan_or_is_refused(tiny_peft, tmp_path):
+    model, optimizer = tiny_peft  # built from the plan: slot_a, then slot_b
+    expected = _moments_by_name(model, optimizer)
+    path = save_checkpoint(tmp_path, model, ["slot_a", "slot_b"], optimizer, TrainState(1, 1, 0, "sha256:x"))
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")  # what older versions wrote: positions
+    checkpoint.write_manifest(path)
+    fresh = torch.optim.AdamW([p for name, p in model.named_parameters() if "lora_" in name], lr=0.1)
+    load_checkpoint(path, model, ["slot_a", "slot_b"], fresh)
+    found = _moments_by_name(model, fresh)
+    assert all(torch.equal(found[name], expected[name]) for name in expected)
+    with pytest.raises(UserError, match="by position .* grown stage"):
+        load_checkpoint(path, model, ["slot_a", "slot_b"], fresh, is_grown_stage=True)
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a crafted checkpoint file could hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("name", ["rng.pt", "optimizer.pt"])
+def test_a_crafted_pickle_in_a_checkpoint_never_runs(tiny_peft, tmp_path, name):
+    model, optimizer = tiny_peft
+    path = save_checkpoint(tmp_path, model, ["slot_a", "slot_b"], optimizer, TrainState(1, 1, 0, "sha256:x"))
+    marker = tmp_path / "ran"
+    torch.save({"python": _Payload(marker), "torch": torch.get_rng_state(), "state": {}, "param_groups": []},
+               path / name)
+    checkpoint.write_manifest(path)  # the manifest proves integrity, not trust
+    with pytest.raises(UserError, match=f"{name}' holds more than tensors and plain values"):
+        load_checkpoint(path, model, ["slot_a", "slot_b"], optimizer)
+    assert not marker.exists()
+
+
+def test_checkpoint_state_files_load_without_pickled_code(tiny_peft, tmp_path):
+    model, optimizer = tiny_peft
+    path = save_checkpoint(tmp_path, model, ["slot_a", "slot_b"], optimizer, TrainState(1, 1, 0, "sha256:x"))
+    for name in ("rng.pt", "optimizer.pt"):
+        torch.load(path / name, weights_only=True)  # tensors and plain containers only

@@ -59,7 +59,7 @@ def test_plot_draws_a_long_run(tmp_path):
         (["plot", "{tmp}"], "has no metrics.jsonl"),
         (["train", SPEC, "--task", "jsonl:{tmp}/missing.jsonl", "--steps", "1", "--out", "{tmp}/o"], "cannot read"),
         (["train", SPEC, "--task", "csv:x", "--steps", "1", "--out", "{tmp}/o"], "unknown task kind 'csv'"),
-        (["train", SPEC, "--task", "jsonl:x", "--steps", "0", "--out", "{tmp}/o"], "--steps must be at least 1"),
+        (["train", SPEC, "--task", "jsonl:x", "--steps", "0", "--out", "{tmp}/o"], "argument --steps: must be from 1"),
         (["train", SPEC, "--task", "jsonl:x", "--steps", "1", "--out", "{tmp}/o", "--reward", "m:f"], "--allow-code"),
     ],
 )

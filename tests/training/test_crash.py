@@ -32,7 +32,7 @@ import torch
 
 from neuromas.cli import build_parser
 from neuromas.runtime.training.checkpoint import list_checkpoints, newest_verified
-from neuromas.runtime.training.train import METRICS_FILE, SAMPLES_FILE, _keep_metrics_until
+from neuromas.runtime.training.session import METRICS_FILE, SAMPLES_FILE, keep_rows_until
 
 REPO = Path(__file__).resolve().parents[2]
 TIMING = {"rollout_s", "update_s", "sync_s", "step_s"}
@@ -55,6 +55,10 @@ SPEC = """system tiny {
     }
 }
 """
+GROWTH_SPEC = SPEC.replace("system tiny {", "system tiny_growth {").replace(
+    "        reward    exact_match\n    }\n",
+    "        reward    exact_match\n    }\n    growth {\n        stage small {}\n"
+    "        stage wide { widen hidden to 2 init copy } after 1 steps\n    }\n")
 # Kill moments: launch plus a random delay (startup, rollout or update), or the moment
 # the run folder shows a point of a step's end: its metrics row logged, its checkpoint's
 # staging folder created, the staged manifest written, the checkpoint renamed into place.
@@ -70,9 +74,9 @@ class Setup:
     data: Path
 
     @classmethod
-    def create(cls, root: Path) -> Setup:
+    def create(cls, root: Path, spec: str = SPEC) -> Setup:
         root.mkdir(parents=True, exist_ok=True)
-        (root / "tiny.nmas").write_text(SPEC)
+        (root / "tiny.nmas").write_text(spec)
         rows = [{"question": q, "answer": a} for q, a in QUESTIONS]
         (root / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         return cls(root, root / "tiny.nmas", root / "data.jsonl")
@@ -215,6 +219,7 @@ def check_after_kill(setup: Setup, out: Path, reference: Reference, base_model, 
         assert_same_adapters(found, reference.out / "checkpoints" / found.name)
 
     session = resumed_session(setup, out, base_model, reference.steps)
+    session.close()  # the next launch must be able to take the run folder
     assert session.state.step == step
     if found is not None:
         assert_model_holds(session.model, found)
@@ -227,21 +232,23 @@ def check_after_kill(setup: Setup, out: Path, reference: Reference, base_model, 
 def resumed_session(setup: Setup, out: Path, base_model, steps: int):
     """start_session(resume=True) on a fresh copy of the bundled model, built from the
     same command line as the subprocess."""
-    from neuromas.commands.task_options import task_from_args
+    from neuromas.commands.assemble import load_task
     from neuromas.commands.train import training_plan
     from neuromas.runtime.models.adapters import attach_adapters
     from neuromas.runtime.backends.transformers import TransformersBackend
     from neuromas.runtime.generation.rollout import Runtime
-    from neuromas.runtime.training.train import TrainSettings, start_session
+    from neuromas.runtime.training.scoring import make_scorer
+    from neuromas.runtime.training.session import TrainSettings, start_session
 
     args = build_parser().parse_args(setup.argv(out, steps, resume=True))
     plan = training_plan(args)
-    task = task_from_args(args, plan.inputs, args.seed)
+    task = load_task(args, plan.inputs, args.seed)
     torch.manual_seed(99)  # another init than the run's: the checkpoint must override it
     model = attach_adapters(copy.deepcopy(base_model.model), plan)
     runtime = Runtime(plan, TransformersBackend(model, base_model.tokenizer), seed=args.seed)
     settings = TrainSettings(steps=steps, seed=args.seed, save_every=1, keep_checkpoints=args.keep)
-    return start_session(plan, runtime, task, settings, out, reward=args.reward, allow_code=True, resume=True)
+    score = make_scorer(plan.train.reward, task, args.reward, allow_code=True)
+    return start_session(plan, runtime, task, settings, out, score=score, resume=True)
 
 
 def adapter_tensors(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -326,11 +333,53 @@ def test_fifty_kills_lose_nothing(tmp_path, base_model):
     assert tally.kills >= 50, report
 
 
+@pytest.mark.slow
+def test_a_kill_inside_a_grown_stage_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """Growth after step 1, a SIGKILL once step 2 (the first of the grown stage) is logged,
+    then a resume to step 3: metrics, samples and every checkpoint equal the reference's.
+    Three launches and six steps: about 60 s on an idle 2-core machine."""
+    setup = Setup.create(tmp_path, GROWTH_SPEC)
+    reference = run_reference(setup, 3)
+    assert [row["stage"] for row in read_rows(reference.out)] == ["small", "wide", "wide"]
+    out = tmp_path / "crashed"
+    process = setup.launch(setup.argv(out, 3))
+    wait_for_rows(process, out, 2)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert newest_step(out) in (1, 2, 3)
+    final = setup.launch(setup.argv(out, 3, resume=True))
+    _, stderr = final.communicate()
+    assert final.returncode == 0, stderr
+    assert strip(read_rows(out)) == strip(read_rows(reference.out))
+    assert (out / SAMPLES_FILE).read_text() == (reference.out / SAMPLES_FILE).read_text()
+    assert newest_step(out) == 3
+    for checkpoint in list_checkpoints(out):
+        assert_same_adapters(checkpoint, reference.out / "checkpoints" / checkpoint.name)
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path):
+    """A resume launched while a run is training exits 1 naming the holder; the first run
+    goes on and logs every step once. Two launches: about 40 s on an idle 2-core machine."""
+    setup = Setup.create(tmp_path)
+    out = tmp_path / "run"
+    first = setup.launch(setup.argv(out, 4))
+    wait_for_rows(first, out, 1)
+    second = setup.launch(setup.argv(out, 4, resume=True))
+    _, stderr = second.communicate(timeout=600)
+    first_alive = first.poll() is None
+    _, first_stderr = first.communicate(timeout=600)
+    assert second.returncode == 1, stderr
+    assert f"in use by another run (pid {first.pid} on host " in stderr and "Traceback" not in stderr
+    assert first_alive or "trained" in first_stderr  # the refusal came while the first held the lock
+    assert first.returncode == 0, first_stderr
+    assert [row["step"] for row in read_rows(out)] == [1, 2, 3, 4]
+
+
 def test_a_row_cut_short_by_a_crash_is_dropped_on_resume(tmp_path):
     rows = [{"step": step, "reward_mean": 0.5} for step in (1, 2, 3)]
     path = tmp_path / METRICS_FILE
     path.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"step": 4, "rew')
-    _keep_metrics_until(path, 2)
+    keep_rows_until(path, 2)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
     assert [p.name for p in tmp_path.iterdir()] == [METRICS_FILE]  # no temporary file left
 

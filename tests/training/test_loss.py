@@ -154,3 +154,24 @@ def test_masked_mean_and_unknown_norm():
     close(masked_mean(PER_TOKEN, torch.zeros_like(MASK)), 0.0)
     with pytest.raises(ValueError, match="loss_norm"):
         reduce_loss(PER_TOKEN, MASK, "row", 6, 3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [0.3, 0.1, 0.7, 1.0 / 3.0])
+def test_a_constant_group_gets_exactly_zero_advantages(value):
+    # float32 rounding of the mean of eight 0.3s left A = +3e-4 for every sample of the group
+    rewards = torch.tensor([value] * 8 + [0.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.0, 1.0])
+    for algorithm in ("grpo", "rloo"):
+        advantages = compute_advantages(algorithm, rewards, 8)
+        assert torch.equal(advantages[:8], torch.zeros(8)), algorithm
+        assert (advantages[8:] != 0).any(), algorithm
+    assert torch.equal(batch_mean_advantages(torch.full((8,), value)), torch.zeros(8))
+    assert torch.equal(group_advantages(torch.full((8,), value, dtype=torch.float64), 4), torch.zeros(8, dtype=torch.float64))
+
+
+def test_zero_std_fraction_counts_the_groups_of_equal_rewards():
+    from neuromas.runtime.training.loss import zero_std_fraction
+
+    rewards = torch.tensor([0.3, 0.3, 0.0, 1.0, 1.0, 1.0, 0.2, 0.3])
+    assert zero_std_fraction(rewards, 2) == 0.5  # (0.3, 0.3) and (1, 1)
+    assert zero_std_fraction(rewards, 4) == 0.0
+    assert zero_std_fraction(torch.full((6,), 0.3), 3) == 1.0

@@ -32,6 +32,12 @@ PLUGINS = "tests.training.reward_plugins"
         ("contains", "I am sure it is the Blue Whale, yes", "blue whale", 1.0),
         ("contains", "a dolphin", "blue whale", 0.0),
         ("contains", "anything", "", 0.0),
+        ("number_answer", "-14", "-14", 1.0),  # the right number alone: full marks
+        ("number_answer", " 7 ", "8", 0.75),  # all number, off by one: 0.5 + 0.5 / 2
+        ("number_answer", "It is 8", "8", 0.5 * 1 / 5 + 0.5),  # right, but 1 of 5 characters is the number
+        ("number_answer", "1111", "8", 0.5 + 0.5 / 1104),  # a string of digits earns the format half only
+        ("number_answer", "no number", "3", 0.0),
+        ("number_answer", "12", "twelve", 0.5),
     ],
 )
 def test_builtin_rewards(name, completion, answer, expected):
@@ -81,5 +87,5 @@ def test_bools_and_zero_d_tensors_are_rewards():
     assert scores.failures == 1
 
 
-def test_builtins_are_the_documented_four():
-    assert set(BUILTIN_REWARDS) == {"exact_match", "numeric_match", "choice_letter", "contains"}
+def test_builtins_are_the_documented_five():
+    assert set(BUILTIN_REWARDS) == {"exact_match", "numeric_match", "choice_letter", "contains", "number_answer"}

@@ -100,7 +100,8 @@ def _task():
 
 def test_train_stops_between_steps_and_checkpoints_the_last(base_model, make_plan, tmp_path):
     """Two steps on the bundled model: about 30 s on a shared 2-core machine."""
-    from neuromas.runtime.training.train import TrainSettings, start_session, train
+    from neuromas.runtime.training.loop import train
+    from neuromas.runtime.training.session import TrainSettings, start_session
 
     plan = make_plan(max_tokens=2, batch=1)
     settings = TrainSettings(steps=5, save_every=100)
@@ -118,7 +119,7 @@ def test_a_growth_run_stops_cleanly(base_model, tmp_path):
     """Two steps and one growth on the bundled model: about 40 s on a shared 2-core machine."""
     import neuromas
     from neuromas.runtime.training.schedule import train_with_growth
-    from neuromas.runtime.training.train import TrainSettings
+    from neuromas.runtime.training.session import TrainSettings
 
     plan = neuromas.compile(GROWTH_SPEC)
     stop = StopAfter(2)

@@ -67,11 +67,11 @@ def test_reasoning_gym_task_uses_its_own_scorer():
 
 def test_task_reference_errors():
     with pytest.raises(UserError, match="KIND:ARGUMENT"):
-        load_task("data.jsonl", TaskOptions(("question",)))
+        load_task("data.txt", TaskOptions(("question",)))  # a .jsonl path alone is a jsonl task
     with pytest.raises(UserError, match="did you mean 'jsonl'"):
         load_task("jsonlines:x", TaskOptions(("question",)))
     pytest.importorskip("reasoning_gym", reason="reasoning-gym is not installed (pip install reasoning-gym)")
-    with pytest.raises(UserError, match="could not create 'no_such_generator'"):
+    with pytest.raises(UserError, match="reasoning_gym:no_such_generator .*refused it"):
         load_task("reasoning_gym:no_such_generator", TaskOptions(("question",)))
     with pytest.raises(UserError, match="one question"):
         load_task("reasoning_gym:basic_arithmetic", TaskOptions(("question", "context")))

@@ -16,7 +16,9 @@ from neuromas.runtime.backends.transformers import TransformersBackend
 from neuromas.runtime.training.checkpoint import list_checkpoints
 from neuromas.runtime.generation.rollout import Runtime
 from neuromas.runtime.tasks.registry import Example, Task
-from neuromas.runtime.training.train import METRICS_FILE, TrainSettings, start_session, train
+from neuromas.runtime.training.loop import train
+from neuromas.runtime.training.scoring import make_scorer
+from neuromas.runtime.training.session import METRICS_FILE, TrainSettings, start_session
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = "tests.training.reward_plugins"
@@ -41,6 +43,11 @@ def make_runtime(base_model, plan, seed: int = 0) -> Runtime:
     return Runtime(plan, TransformersBackend(model, base_model.tokenizer))
 
 
+def code_scorer(plan, task):
+    """The plan's reward, a test plugin: user code, allowed here."""
+    return make_scorer(plan.train.reward, task, allow_code=True)
+
+
 def lora_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
 
@@ -52,8 +59,11 @@ def test_a_short_run_trains_the_adapters_and_logs_every_step(base_model, make_pl
     )
     runtime = make_runtime(base_model, plan)
     before = lora_state(runtime.backend.model)
+    probe = base_model.tokenizer("What is 2 + 3?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        frozen_logits = runtime.backend.model(probe, adapter_names=["__base__"]).logits  # what hidden[1] runs
     settings = TrainSettings(steps=2, save_every=1, keep_checkpoints=1, log_kl=True)
-    session = start_session(plan, runtime, task, settings, tmp_path, allow_code=True)
+    session = start_session(plan, runtime, task, settings, tmp_path, score=code_scorer(plan, task))
     returned = train(session)
 
     rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
@@ -78,7 +88,9 @@ def test_a_short_run_trains_the_adapters_and_logs_every_step(base_model, make_pl
             continue
         if "lora_B" in name:
             assert not torch.equal(before[name], after[name]), name
-    assert not any(".hidden_1." in name for name in after)  # the frozen node has no adapter
+    assert not any(".hidden_1." in name for name in after)  # the frozen node has no adapter ...
+    with torch.no_grad():  # ... and still runs exactly the base model
+        assert torch.equal(runtime.backend.model(probe, adapter_names=["__base__"]).logits, frozen_logits)
 
     (checkpoint,) = list_checkpoints(tmp_path)  # keep_checkpoints=1 pruned step 1
     assert checkpoint.name == "step-000002"
@@ -92,15 +104,15 @@ def test_resume_continues_exactly(base_model, make_plan, task, tmp_path):
     plan = make_plan(max_tokens=4, algorithm="grpo", reward=f"{PLUGINS}:vowel_share", lr=1e-2, kl=0.05, batch=1)
 
     straight = make_runtime(base_model, plan)
-    session = start_session(plan, straight, task, TrainSettings(steps=3), tmp_path / "straight", allow_code=True)
+    session = start_session(plan, straight, task, TrainSettings(steps=3), tmp_path / "straight", score=code_scorer(plan, task))
     expected = train(session)
 
     first = make_runtime(base_model, plan)
-    session = start_session(plan, first, task, TrainSettings(steps=2), tmp_path / "resumed", allow_code=True)
+    session = start_session(plan, first, task, TrainSettings(steps=2), tmp_path / "resumed", score=code_scorer(plan, task))
     train(session)
     second = make_runtime(base_model, plan, seed=123)  # another init: the checkpoint must override it
-    session = start_session(plan, second, task, TrainSettings(steps=3), tmp_path / "resumed", allow_code=True,
-                            resume=True)
+    session = start_session(plan, second, task, TrainSettings(steps=3), tmp_path / "resumed",
+                            score=code_scorer(plan, task), resume=True)
     assert session.state.step == 2 and session.state.data_position == 2
     train(session)
 
@@ -145,8 +157,34 @@ def test_several_epochs_reuse_the_rollout_with_a_clipped_ratio(base_model, make_
     plan = make_plan(max_tokens=4, algorithm="rloo", reward=f"{PLUGINS}:vowel_share", lr=5e-2, clip=0.05,
                      epochs=3, batch=1)
     session = start_session(plan, make_runtime(base_model, plan), task, TrainSettings(steps=1), tmp_path,
-                            allow_code=True)
+                            score=code_scorer(plan, task))
     (row,) = train(session)
     # Pass 1 starts at ratio 1; passes 2 and 3 see the adapters the earlier passes moved.
     assert row["ratio"] != pytest.approx(1.0, abs=1e-6)
     assert row["clip_fraction"] > 0 and math.isfinite(row["loss"])
+
+
+def test_a_step_without_signal_skips_the_optimizer_and_still_counts(base_model, make_plan, task, tmp_path):
+    """Step 1 has graded rewards; step 2's are all 0.3: its advantages are exactly zero, so
+    AdamW must not move the adapters on its old momentum, yet the step is logged and saved."""
+    plan = make_plan(max_tokens=3, algorithm="grpo", group=3, batch=1, lr=1e-2)
+    calls = {"count": 0}
+
+    def graded_then_constant(answer, example) -> float:
+        calls["count"] += 1
+        return 0.3 if calls["count"] > plan.train.group else (calls["count"] % 3) ** 2 / 4  # 0.25, 1, 0
+
+    runtime = make_runtime(base_model, plan)
+    session = start_session(plan, runtime, task, TrainSettings(steps=2, save_every=1, keep_checkpoints=0), tmp_path,
+                            score=graded_then_constant)
+    session.settings = session.settings._replace(steps=1)
+    (first,) = train(session)
+    after_first = lora_state(runtime.backend.model)
+    session.settings = session.settings._replace(steps=2)
+    (second,) = train(session)
+    assert first["zero_std_fraction"] == 0.0 and first["optimizer_skipped"] is False and first["grad_norm"] > 0
+    assert second["zero_std_fraction"] == 1.0 and second["optimizer_skipped"] is True
+    assert first["rows_skipped"] == 0 and second["rows_skipped"] > 0  # every row of step 2 had advantage 0
+    after_second = lora_state(runtime.backend.model)
+    assert all(torch.equal(after_first[name], after_second[name]) for name in after_first)
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["step-000001", "step-000002"]

@@ -1,17 +1,22 @@
-"""The batched multi-adapter update on the real bundled model: gradients, packing, dtypes."""
+"""The batched multi-adapter update on the real bundled model: gradients, packing, dtypes,
+and each fast path (shared prompts, zero-advantage rows, no-signal steps) against plain passes."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
+from neuromas.runtime.backends.lora_rows import fp32_output_head
 from neuromas.runtime.models.adapters import attach_adapters
 from neuromas.runtime.training.update import (
     BASE_ADAPTER,
     CompletionRow,
+    SharedPromptBatch,
     UpdateConfig,
-    _fp32_output_head,
     collate,
+    collate_shared,
     micro_batches,
     prepare_for_update,
     score_batches,
@@ -95,7 +100,7 @@ def grad_difference(model, rows, adapters) -> tuple[dict, dict]:
         chosen = [i for i, a in enumerate(adapters) if a == adapter]
         model.base_model.set_adapter(adapter)  # the ordinary single-adapter path, no adapter_names
         prepare_for_update(model)  # set_adapter changes requires_grad; other adapters' grads stay None
-        with _fp32_output_head(model):
+        with fp32_output_head(model):
             logits = model(
                 input_ids=batch.input_ids[chosen],  # padded exactly as in the batch
                 attention_mask=batch.attention_mask[chosen],
@@ -133,14 +138,14 @@ def test_batched_mixed_adapter_gradient_equals_per_adapter_passes(peft_model):
         for name in names:
             torch.testing.assert_close(batched[name], reference[name], rtol=0, atol=5e-5 * scale)
 
-    # bf16 base (what training uses): bf16 activations put both computations 10-25% off
-    # the fp32 gradient (measured; it varies between processes with the CPU kernels
-    # chosen), and each other 5-17% off. Sending rows through the wrong adapters
-    # (hidden_0 <-> hidden_1) moves the gradient about 50%.
+    # bf16 base (what training uses): bf16 activations put both computations 24-47% off
+    # the fp32 gradient (measured; it varies with the thread count and the CPU kernels
+    # chosen), and each other 7-34% off. Sending rows through the wrong adapters
+    # (hidden_0 <-> hidden_1) moves the gradient about 50% even in fp32.
     if is_bf16:
         error = relative_error(batched_bf16, per_adapter_bf16)
         print(f"bf16: batched vs per-adapter gradient {error:.4f}; vs fp32 {relative_error(batched_bf16, reference):.4f}")
-        assert error < 0.3
+        assert error < 0.45
 
 
 def test_frozen_rows_give_no_adapter_gradient(peft_model):
@@ -181,7 +186,7 @@ def test_micro_batches_follow_levels_and_the_token_budget():
         CompletionRow(i, f"n{i}", level, "a", tuple(range(p)), tuple(range(c)), 1.0)
         for i, (level, p, c) in enumerate([(0, 10, 5), (0, 20, 5), (1, 8, 2), (0, 3, 3), (1, 50, 50), (0, 4, 0)])
     ]
-    batches = micro_batches(rows, token_budget=60)
+    batches = micro_batches(rows, token_budget=60, shared_prompt=False)
     assert [b.rows for b in batches] == [(1, 0), (3,), (4,), (2,)]  # longest first; 3 rows of 25 > 60
     assert all(b.padded_tokens <= 60 or len(b.rows) == 1 for b in batches)
     assert 5 not in {i for b in batches for i in b.rows}  # no completion tokens: nothing to learn
@@ -192,8 +197,9 @@ def test_micro_batches_follow_levels_and_the_token_budget():
     assert first.completion_mask.sum().item() == 10
 
 
+@pytest.mark.parametrize("shared_prompt", [False, True])
 @pytest.mark.parametrize("loss_norm", ["token", "sequence"])
-def test_accumulated_micro_batches_equal_one_big_batch(peft_model, loss_norm):
+def test_accumulated_micro_batches_equal_one_big_batch(peft_model, loss_norm, shared_prompt):
     """Gradient accumulation over micro-batches gives the one-batch step (fp32 base, so
     that different batch shapes do not round differently)."""
     model, tokenizer, params = peft_model
@@ -204,7 +210,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(peft_model, loss_norm):
     start = {id(p): p.detach().clone() for p in params}
 
     def deltas(token_budget: int, is_old_given: bool = True):
-        batches = micro_batches(rows, token_budget)
+        batches = micro_batches(rows, token_budget, shared_prompt=shared_prompt)
         old = score_batches(model, batches) if is_old_given else None
         ref = score_batches(model, batches, use_adapters=False)
         optimizer = torch.optim.SGD(params, lr=1.0)
@@ -232,3 +238,201 @@ def test_accumulated_micro_batches_equal_one_big_batch(peft_model, loss_norm):
     assert own_stats.loss == pytest.approx(big_stats.loss, rel=1e-6)
     for a, b in zip(own, big):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * scale)
+
+
+# --- fast paths against the plain per-row path (fp32 base: relative error < 1e-4) ---
+
+GROUP_TEXTS = [  # (prompt, completion, adapter, level): a GRPO group's samples share prompts
+    ("What is 2 + 3?", " The sum is 5.", "hidden_0", 0),
+    ("What is 2 + 3?", " It is 5, since 2 + 3 = 5.", "hidden_0", 0),
+    ("What is 2 + 3?", " 6", "hidden_0", 0),
+    ("What is 2 + 3?", " Five.", "hidden_1", 0),
+    ("What is 2 + 3?", " The answer: 5", "hidden_1", 0),
+    ("Read: 5. Five. What is 2 + 3?", " 5", "answer_0", 1),
+    ("Read: 6. Five. What is 2 + 3?", " The answer is 5.", "answer_0", 1),
+]
+
+
+def group_rows(tokenizer) -> list[CompletionRow]:
+    return [
+        CompletionRow(i, f"{adapter}:{i}", level, adapter, tuple(tokenizer(prompt).input_ids),
+                      tuple(tokenizer(completion).input_ids), 0.7 if i % 2 else 1.0)
+        for i, (prompt, completion, adapter, level) in enumerate(GROUP_TEXTS)
+    ]
+
+
+def per_row_gradients(model, rows, weights) -> dict[str, torch.Tensor]:
+    """The plain path: each row alone, unpadded, through peft's single-adapter forward."""
+    model.zero_grad(set_to_none=True)
+    for row, row_weights in zip(rows, weights):
+        model.base_model.set_adapter(row.adapter)
+        prepare_for_update(model)  # set_adapter changes requires_grad
+        ids = torch.tensor([[*row.prompt_ids, *row.completion_ids]])
+        logits = model(input_ids=ids, use_cache=False).logits[0, len(row.prompt_ids) - 1 : -1].float()
+        logprobs = torch.log_softmax(logits / row.temperature, dim=-1)
+        chosen = logprobs.gather(-1, torch.tensor(row.completion_ids)[:, None]).squeeze(-1)
+        (chosen * row_weights[: len(row.completion_ids)]).sum().backward()
+    return lora_grads(model)
+
+
+def test_shared_prompt_gradient_equals_per_row_passes(peft_model):
+    """Prompts computed once per (prompt, adapter), their keys and values reused by the
+    group's rows with gradients flowing back through them: the per-row gradient."""
+    model, tokenizer, _ = peft_model
+    to_fp32_base(model)
+    rows = group_rows(tokenizer)
+    batches = micro_batches(rows, token_budget=10_000)
+    assert all(isinstance(batch, SharedPromptBatch) for batch in batches)
+    assert [batch.prefix_ids.shape[0] for batch in batches] == [2, 2]  # level 0: 5 rows, 2 prompts
+    torch.manual_seed(2)
+    width = max(len(row.completion_ids) for row in rows)
+    weights = torch.randn(len(rows), width)
+
+    model.zero_grad(set_to_none=True)
+    for batch in batches:
+        logprobs = token_logprobs(model, batch).logprobs
+        (logprobs * weights[list(batch.rows), : logprobs.shape[1]]).sum().backward()
+    shared = lora_grads(model)
+    reference = per_row_gradients(model, rows, weights)
+    assert relative_error(shared, reference) < 1e-4
+    for adapter in ("hidden_0", "hidden_1", "answer_0"):
+        assert any(g.abs().sum() > 0 for name, g in shared.items() if f".{adapter}." in name)
+
+
+def test_shared_prompt_log_probs_equal_the_full_sequence_layout(peft_model):
+    model, tokenizer, _ = peft_model
+    to_fp32_base(model)
+    rows = group_rows(tokenizer)
+    with torch.no_grad():
+        shared = token_logprobs(model, collate_shared(rows, range(5))).logprobs
+        full = token_logprobs(model, collate(rows, range(5))).logprobs
+    torch.testing.assert_close(shared, full, atol=1e-4, rtol=0)
+
+
+def sgd_step(model, params, rows, advantages, config, old=False):
+    """Adapter deltas and stats of one SGD(lr=1) step, the adapters then restored."""
+    start = [p.detach().clone() for p in params]
+    batches = micro_batches(rows, 10_000)
+    old_logprobs = score_batches(model, batches) if old else None
+    ref = score_batches(model, batches, use_adapters=False) if config.kl_coef else None
+    stats = update_step(model, torch.optim.SGD(params, lr=1.0), params, batches, old_logprobs, ref, advantages, config)
+    moved = [p.detach() - s for p, s in zip(params, start)]
+    with torch.no_grad():
+        for p, s in zip(params, start):
+            p.copy_(s)
+    return moved, stats
+
+
+@pytest.mark.parametrize("loss_norm", ["token", "sequence"])
+def test_zero_advantage_rows_leave_the_step_without_changing_it(peft_model, loss_norm):
+    model, tokenizer, params = peft_model
+    to_fp32_base(model)
+    rows = group_rows(tokenizer)
+    advantages = torch.tensor([1.0, 0.0, -0.5, 0.0, 0.0, 0.75, 0.0])
+    config = UpdateConfig(clip=0.2, kl_coef=0.0, loss_norm=loss_norm, grad_clip=0.0)
+    skipped, fast = sgd_step(model, params, rows, advantages, config, old=True)
+    kept, plain = sgd_step(model, params, rows, advantages, config._replace(skip_zero_advantage=False), old=True)
+    assert (fast.rows_skipped, plain.rows_skipped) == (4, 0)
+    assert fast.tokens == plain.tokens and fast.rows == plain.rows == len(rows)
+    assert fast.loss == pytest.approx(plain.loss, rel=1e-5, abs=1e-7)
+    flat_fast, flat_plain = torch.cat([d.flatten() for d in skipped]), torch.cat([d.flatten() for d in kept])
+    assert flat_plain.norm() > 0
+    assert ((flat_fast - flat_plain).norm() / flat_plain.norm()).item() < 1e-4
+    # With a KL term every row has a gradient: nothing is skipped.
+    _, with_kl = sgd_step(model, params, rows, advantages, config._replace(kl_coef=0.1))
+    assert with_kl.rows_skipped == 0
+
+
+def test_a_step_without_signal_does_not_move_the_adapters(peft_model):
+    """All advantages zero, no KL: no forward pass, no optimizer.step(), although AdamW's
+    momentum from an earlier step would move the adapters."""
+    model, tokenizer, params = peft_model
+    rows = group_rows(tokenizer)[:3]
+    batches = micro_batches(rows)
+    config = UpdateConfig(clip=0.2, kl_coef=0.0, loss_norm="token", grad_clip=1.0)
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    first = update_step(model, optimizer, params, batches, None, None, torch.tensor([1.0, -1.0, 0.5]), config)
+    assert not first.optimizer_skipped and first.grad_norm > 0
+    before = [p.detach().clone() for p in params]
+    stats = update_step(model, optimizer, params, batches, None, None, torch.zeros(3), config)
+    assert stats.optimizer_skipped and stats.rows_skipped == 3 and stats.grad_norm == 0.0
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    # The plain path (no skipping) does step on AdamW's momentum: what the skip avoids.
+    update_step(model, optimizer, params, batches, None, None, torch.zeros(3),
+                config._replace(skip_zero_advantage=False))
+    assert any(not torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_entropy_is_computed_only_when_asked_for(peft_model):
+    model, tokenizer, params = peft_model
+    rows = group_rows(tokenizer)[:2]
+    config = UpdateConfig(clip=0.2, kl_coef=0.0, loss_norm="token", grad_clip=1.0)
+    advantages = torch.tensor([1.0, -1.0])
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    plain = update_step(model, optimizer, params, micro_batches(rows), None, None, advantages, config)
+    asked = update_step(model, optimizer, params, micro_batches(rows), None, None, advantages,
+                        config._replace(entropy=True))
+    assert math.isnan(plain.entropy)
+    assert 0.0 < asked.entropy < math.log(model.config.vocab_size)
+    assert plain.loss == pytest.approx(asked.loss, rel=1e-6)
+
+
+def test_the_fp32_head_runs_once_with_a_bf16_gradient(peft_model):
+    """In a bf16 model the head gives fp32 logits computed in fp32 (the bf16 head is never
+    run), and its gradient to the hidden states is the fp32 one up to bf16 rounding."""
+    model, _, _ = peft_model
+    head = model.get_output_embeddings()
+    if head.weight.dtype != torch.bfloat16:
+        pytest.skip("the model loaded in float32: this CPU has no native bf16")
+    calls = []
+    handle = head.register_forward_pre_hook(lambda module, args: calls.append(1))
+    hidden = torch.randn(2, 3, head.weight.shape[1], dtype=torch.bfloat16, requires_grad=True)
+    try:
+        with fp32_output_head(model):
+            logits = head(hidden)
+    finally:
+        handle.remove()
+    assert logits.dtype == torch.float32 and len(calls) == 1
+    expected = hidden.detach().float() @ head.weight.detach().float().T
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-5)
+    upstream = torch.randn_like(logits)
+    logits.backward(upstream)
+    reference = upstream @ head.weight.detach().float()
+    error = ((hidden.grad.float() - reference).norm() / reference.norm()).item()
+    assert error < 1e-2  # bf16 rounding of the upstream gradient and the result
+
+
+def test_sampler_log_probs_weight_each_token_by_the_truncated_importance_ratio(peft_model):
+    """Rows sampled where the sampler gave each token 0.5 nats less than the trained policy:
+    every token's loss (and so the gradient) is weighted by exp(0.5) = 1.65, under the cap;
+    a sampler that equals the trainer changes nothing, and a cap of 1.2 truncates."""
+    model, tokenizer, params = peft_model
+    to_fp32_base(model)
+    rows = [row for row in group_rows(tokenizer) if row.level == 0]
+    with torch.no_grad():
+        batch = collate_shared(rows, range(len(rows)))
+        trained = token_logprobs(model, batch).logprobs
+    position = {row_index: b for b, row_index in enumerate(batch.rows)}
+
+    def with_sampler(offset: float) -> list[CompletionRow]:
+        return [row._replace(sampler_logprobs=tuple((trained[position[i], : len(row.completion_ids)] - offset).tolist()))
+                for i, row in enumerate(rows)]
+
+    advantages = torch.tensor([1.0, -0.5, 0.25, -1.0, 0.5])
+    config = UpdateConfig(clip=0.0, kl_coef=0.0, loss_norm="token", grad_clip=0.0)
+    plain, _ = sgd_step(model, params, rows, advantages, config)
+    same, _ = sgd_step(model, params, with_sampler(0.0), advantages, config)
+    weighted, _ = sgd_step(model, params, with_sampler(0.5), advantages, config)
+    capped, _ = sgd_step(model, params, with_sampler(0.5), advantages, config._replace(sampler_cap=1.2))
+    off, _ = sgd_step(model, params, with_sampler(0.5), advantages, config._replace(sampler_cap=0.0))
+    flat = {name: torch.cat([d.flatten() for d in deltas])
+            for name, deltas in [("plain", plain), ("same", same), ("weighted", weighted), ("capped", capped), ("off", off)]}
+    reference = flat["plain"]
+    assert reference.norm() > 0
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return ((a - b).norm() / b.norm()).item() < 1e-4
+
+    assert close(flat["same"], reference) and close(flat["off"], reference)
+    assert close(flat["weighted"], math.exp(0.5) * reference)
+    assert close(flat["capped"], 1.2 * reference)
