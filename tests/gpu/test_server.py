@@ -22,7 +22,7 @@ import pytest
 import neuromas
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vllm"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vllm_engine"))
 from vllm_helpers import QUESTIONS, randomize_adapters, with_generation  # noqa: E402
 
 SERVER_START_S = 600

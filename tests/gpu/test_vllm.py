@@ -18,7 +18,7 @@ import pytest
 import neuromas
 from neuromas.plan import Plan
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vllm"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vllm_engine"))
 from vllm_helpers import QUESTIONS, compare, randomize_adapters, with_generation  # noqa: E402
 
 
