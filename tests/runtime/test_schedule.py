@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,22 +21,7 @@ from neuromas.runtime.training.schedule import train_with_growth
 from neuromas.runtime.tasks.registry import TaskOptions, load_task
 from neuromas.runtime.training.session import TrainSettings
 
-SPEC = """
-system tiny_growth {
-    adapter lora(rank = 2, alpha = 4, targets = [q_proj, v_proj])
-    input question
-    layer hidden width 1 { max_tokens 3 }
-    layer answer width 1 { max_tokens 3 }
-    hidden <- question
-    answer <- hidden dense, question
-    output answer
-    train { group 2  batch 1  lr 1e-3  reward numeric_match }
-    growth {
-        stage small {}
-        stage wide { widen hidden to 2 init copy } after 2 steps
-    }
-}
-"""
+SPEC = (Path(__file__).resolve().parents[1] / "specs" / "tiny_growth.nmas").read_text()
 TIMING = ("rollout_s", "update_s", "sync_s", "step_s", "seconds")
 # Early growth: held-out rewards that cannot improve (no 3-token answer is a 12-digit number) plateau at once.
 PLATEAU_SPEC = SPEC.replace("after 2 steps", "after 50 steps or plateau 1 evals")

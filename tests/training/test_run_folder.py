@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,22 +19,7 @@ from neuromas.runtime.tasks.registry import Example, Task
 from neuromas.runtime.training.schedule import grow_checkpoint
 from neuromas.runtime.training.session import LOCK_FILE, METRICS_FILE, RunLock, TrainSettings, keep_rows_until, start_session
 
-GROWTH = """
-system tiny_growth {
-    adapter lora(rank = 2, alpha = 4, targets = [q_proj, v_proj])
-    input question
-    layer hidden width 1 { max_tokens 3 }
-    layer answer width 1 { max_tokens 3 }
-    hidden <- question
-    answer <- hidden dense, question
-    output answer
-    train { group 2  batch 1  lr 1e-3  reward numeric_match }
-    growth {
-        stage small {}
-        stage wide { widen hidden to 2 init copy } after 2 steps
-    }
-}
-"""
+GROWTH = (Path(__file__).resolve().parents[1] / "specs" / "tiny_growth.nmas").read_text()
 HOLD = """
 import sys, time
 from neuromas.runtime.training.session import RunLock
