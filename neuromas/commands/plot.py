@@ -20,7 +20,8 @@ exit status: 0 ok, 2 usage (an output file that cannot be written), 1 no metrics
 
 METRICS_FILE = "metrics.jsonl"
 NUMBER_FIELDS = ("reward_mean", "reward_std", "accuracy", "loss")  # what plot and report draw: a number or null
-NODE_FIELDS = {"tokens": "message tokens", "entropy": "entropy (nats/token)", "answer_overlap": "answer overlap"}
+NODE_FIELDS = {"tokens": "message tokens", "entropy": "entropy (nats/token)", "answer_overlap": "answer overlap",
+               "kl": "KL to the base (nats/token)"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -104,7 +105,7 @@ def draw(rows: list[dict], output: Path, *, title: str, window: int) -> None:
     loss = [row.get("loss") for row in rows]
 
     nodes = sorted({key.split("/")[1] for row in rows for key in row if key.startswith("node/")})
-    layout = [["reward"] * 3, ["loss"] * 3] + ([list(NODE_FIELDS)] if nodes else [])
+    layout = [["reward"] * len(NODE_FIELDS), ["loss"] * len(NODE_FIELDS)] + ([list(NODE_FIELDS)] if nodes else [])
     figure, axes = plt.subplot_mosaic(layout, figsize=(9, 9 if nodes else 6), constrained_layout=True)
     top, bottom = axes["reward"], axes["loss"]
     top.plot(steps, reward, color="tab:blue", alpha=0.45, marker=".", label="reward (batch mean)")

@@ -53,7 +53,8 @@ class Experiment(Strict):
     lr: float | None = Field(default=None, gt=0)
     threads: int = Field(default=1, ge=1)
     backend: Literal["transformers", "vllm", "server"] = "transformers"
-    reward: str | None = None
+    reward: str | None = None  # scores the held-out questions (and trains, unless train_reward is set)
+    train_reward: str | None = None  # trains with another reward, e.g. a graded one that gives groups variance
     answer_format: str | None = None
     reference: str
     match_budget: bool = False  # trained arms of each budget_group (all, if none names one) match within 5%

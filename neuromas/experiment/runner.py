@@ -113,7 +113,7 @@ class Runner:
                 self.log(f"{label}: scoring {self.experiment.held_out} held-out questions after step {step}")
                 self._timed(folder, "eval_s", self._eval_args(folder, step), folder.path / f"eval-{step}.log")
 
-    def _common(self, arm: Arm, seed: int) -> list[str]:
+    def _common(self, arm: Arm, seed: int, reward: str | None) -> list[str]:
         e = self.experiment
         args = ["--task", e.task, "--seed", str(seed), "--threads", str(e.threads)]
         for key, value in e.task_options.items():
@@ -124,15 +124,15 @@ class Runner:
             args += ["--max-tokens", str(e.max_tokens)]
         if arm.rank is not None:
             args += ["--lora-rank", str(arm.rank)]
-        if e.reward is not None:
-            args += ["--reward", e.reward]
+        if reward is not None:
+            args += ["--reward", reward]
         if e.answer_format is not None:
             args += ["--answer-format", e.answer_format]
         return args
 
     def _train_args(self, folder: RunFolder, steps: int) -> list[str]:
         e, arm = self.experiment, folder.arm
-        args = ["train", str(arm.spec), *self._common(arm, folder.seed), "--steps", str(steps),
+        args = ["train", str(arm.spec), *self._common(arm, folder.seed, e.train_reward or e.reward), "--steps", str(steps),
                 "--batch", str(e.batch), "--group", str(arm.group or e.group), "--out", str(folder.train_dir)]
         if e.lr is not None:
             args += ["--lr", str(e.lr)]
@@ -142,7 +142,7 @@ class Runner:
 
     def _eval_args(self, folder: RunFolder, step: int) -> list[str]:
         e, arm = self.experiment, folder.arm
-        args = ["eval", str(arm.spec), *self._common(arm, folder.seed), "--n", str(e.held_out),
+        args = ["eval", str(arm.spec), *self._common(arm, folder.seed, e.reward), "--n", str(e.held_out),
                 "--data-seed", str(e.held_out_seed), "--group", str(arm.eval_group), "-o", str(folder.eval_file(step))]
         if arm.train:
             args += ["--checkpoint", str(folder.train_dir)]

@@ -7,13 +7,15 @@ layer for all adapters); `lora_rows="peft"` uses peft's own mixed-adapter batche
 (`adapter_names=`, eval mode only), which give the same logits with more small ops.
 The LoRA deltas and the output head are computed in fp32, by the same code as the
 update's log-probs (`lora_rows`), so the sampler is the trained policy up to the
-base model's own bf16 rounding.
+base model's own bf16 rounding. Rows that share a prompt and an adapter (the samples of
+one node in a GRPO group) prefill it once.
 
 Sampling is done by `RowSampler`, the last logits processor: it applies each row's
-temperature and top-p, and records the log-probability of each sampled token under
-exactly the distribution `generate` sampled from. `RowStops` ends each row at its own
-max_tokens or stop string. Both keep `generate`'s own warpers out of the way
-(temperature 1, top_k 0, top_p 1), so nothing reshapes the distribution after us.
+temperature and top-p, draws each row's token itself (inverse CDF, one uniform per row;
+`torch.multinomial` costs about 25 ms a step over a 49k vocabulary on one CPU core,
+this about 5), records its log-probability, and hands `generate` a point mass on it,
+so `generate` runs greedy and none of its own warpers reshape the distribution.
+`RowStops` ends each row at its own max_tokens or stop string.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 from transformers import (
+    DynamicCache,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -51,7 +54,8 @@ class TransformersBackend:
     consecutive chunks (None: never) to bound memory; it is still one `generate` call
     for the runtime and for `stats`. `lora_rows` picks how rows get their adapters
     (see the module docstring); "stacked" falls back to "peft" for LoRA variants it
-    does not compute.
+    does not compute. `share_prompts`: rows with the same prompt and adapter prefill it
+    once (`_prefill_shared_prompts`).
     """
 
     def __init__(
@@ -62,12 +66,14 @@ class TransformersBackend:
         source: str | None = None,
         max_batch_rows: int | None = None,
         lora_rows: LoraRows = "stacked",
+        share_prompts: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
         self.max_batch_rows = max_batch_rows
         self.lora_rows = lora_rows
+        self.share_prompts = share_prompts
         self.stats = BackendStats()
 
     @classmethod
@@ -139,10 +145,7 @@ class TransformersBackend:
         stops = RowStops(prompt_length, [g.max_tokens for g in settings], [g.stop for g in settings], self.tokenizer)
         eos_ids = self._eos_ids()
         config = GenerationConfig(
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
+            do_sample=False,  # RowSampler samples and returns a point mass
             max_new_tokens=max(g.max_tokens for g in settings),
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(eos_ids),
@@ -155,6 +158,8 @@ class TransformersBackend:
         cache = StaticCache(
             config=self.model.config.get_text_config(), max_cache_len=prompt_length + config.max_new_tokens
         )
+        if self.share_prompts:
+            self._prefill_shared_prompts(requests, input_ids, attention_mask, cache)
         context, extra = self.adapter_rows([r.adapter for r in requests])
         with torch.inference_mode(), context, fp32_output_head(self.model):
             sequences = self.model.generate(
@@ -172,6 +177,30 @@ class TransformersBackend:
             self._result(request, completions[row].tolist(), logprobs[row].tolist(), stops.ended_at[row], eos_ids)
             for row, request in enumerate(requests)
         ]
+
+    def _prefill_shared_prompts(
+        self, requests: Sequence[GenRequest], input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any
+    ) -> None:
+        """Where rows share (prompt, adapter), as a GRPO group's samples of one node do, run
+        each distinct one's prompt but its last token once and copy its keys and values
+        into every row of `cache`; `generate` then starts from the last prompt token.
+        Nothing is shared when every row is distinct (or a prompt is one token long)."""
+        keys = [(tuple(r.prompt_ids), r.adapter) for r in requests]
+        distinct = list(dict.fromkeys(keys))
+        if len(distinct) == len(keys) or min(len(r.prompt_ids) for r in requests) < 2:
+            return
+        first = {key: keys.index(key) for key in distinct}
+        unique = torch.tensor([first[key] for key in distinct], device=input_ids.device)
+        rows = torch.tensor([distinct.index(key) for key in keys], device=input_ids.device)  # row -> its prompt
+        mask = attention_mask[unique, :-1]
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+        prefix = DynamicCache()
+        context, extra = self.adapter_rows([requests[i].adapter for i in unique.tolist()])
+        with torch.inference_mode(), context:
+            self.model(input_ids=input_ids[unique, :-1], attention_mask=mask, position_ids=positions,
+                       use_cache=True, logits_to_keep=1, **{cache_argument(): prefix}, **extra)
+            for layer, shared in zip(cache.layers, prefix.layers, strict=True):
+                layer.update(shared.keys[rows], shared.values[rows])
 
     def adapter_rows(self, adapters: Sequence[str | None]) -> tuple[Any, dict[str, Any]]:
         """(context manager, forward kwargs) that give row i adapter `adapters[i]` (None:
@@ -237,12 +266,13 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 
 class RowSampler(LogitsProcessor):
-    """Per-row temperature and top-p; remembers each sampled token's log-probability.
+    """Per-row temperature and top-p; samples each row's token and remembers its log-probability.
 
-    Called once per decoding step with scores (B, V). The token sampled from step k's
-    distribution is only known at step k+1 (it is the last column of `input_ids`), so
-    the step's log-softmax is kept until then; `sampled_logprobs` reads the final one.
-    Temperature 0 makes a row greedy: its distribution is a point mass (log-prob 0).
+    Called once per decoding step with scores (B, V); returns a point mass on the token
+    it drew, which `generate` (greedy) then appends. The appended token is read back at
+    the next step (the last column of `input_ids`), so the step's log-softmax is kept
+    until then; `sampled_logprobs` reads the final one. Temperature 0 makes a row
+    greedy: its distribution is a point mass (log-prob 0).
     """
 
     def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float], device: Any):
@@ -260,13 +290,12 @@ class RowSampler(LogitsProcessor):
             self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
         scores = scores.float() / self.temperature
         if self.is_greedy.any():
-            best = scores.argmax(dim=-1, keepdim=True)
-            point_mass = torch.full_like(scores, float("-inf")).scatter(1, best, 0.0)
-            scores = torch.where(self.is_greedy[:, None], point_mass, scores)
+            greedy = point_mass(scores, scores.argmax(dim=-1, keepdim=True))
+            scores = torch.where(self.is_greedy[:, None], greedy, scores)
         if self.has_top_p:
             scores = nucleus(scores, self.top_p)
         self.previous = torch.log_softmax(scores, dim=-1)
-        return self.previous
+        return point_mass(self.previous, draw(self.previous))
 
     def sampled_logprobs(self, completions: torch.Tensor) -> torch.Tensor:
         """(B, T) log-probs of the T sampled tokens `completions` (B, T)."""
@@ -277,6 +306,22 @@ class RowSampler(LogitsProcessor):
         if not steps:
             return torch.zeros(completions.shape, dtype=torch.float32)
         return torch.stack(steps[:length], dim=1).cpu()
+
+
+def draw(logprobs: torch.Tensor) -> torch.Tensor:
+    """One token per row (B, 1) sampled from log-probabilities (B, V), by inverse CDF. The
+    right-side search never lands on a zero-probability token (its cumulative mass equals
+    its predecessor's); a uniform rounded up to the total mass takes the row's argmax."""
+    cumulative = logprobs.exp().cumsum(dim=-1)
+    uniform = torch.rand(logprobs.shape[0], 1, device=logprobs.device) * cumulative[:, -1:]
+    tokens = torch.searchsorted(cumulative, uniform, right=True).clamp_(max=logprobs.shape[1] - 1)
+    impossible = logprobs.gather(1, tokens).isneginf()
+    return torch.where(impossible, logprobs.argmax(dim=-1, keepdim=True), tokens)
+
+
+def point_mass(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Scores (B, V) that put all mass on `tokens` (B, 1): 0 there, -inf elsewhere."""
+    return torch.full_like(scores, float("-inf")).scatter(1, tokens, 0.0)
 
 
 def nucleus(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from neuromas.diagnostics import UserError
 from neuromas.plan import Plan
 from . import distributed
-from .diagnostics import node_diagnostics
+from .diagnostics import node_diagnostics, node_kl
 from .loss import compute_advantages, zero_std_fraction
 from .metrics import mean_stats, metrics_row, sample_row
 from .scoring import merge_scores
@@ -129,12 +129,14 @@ def train_step(session: TrainSession) -> dict[str, Any]:
     # first forward pass gives them (update_step's old_logprobs=None).
     update_started = time.perf_counter()
     batches = micro_batches(rows, settings.token_budget)
-    stats = None
+    stats, kl_by_node = None, {}
     has_rows = bool(batches) if group is None else group.any(bool(batches))  # every rank updates, or none
     is_kl_measured = config.kl != 0.0 or settings.log_kl
     if has_rows:
         old_logprobs = score_batches(session.model, batches) if config.epochs > 1 else None
         ref_logprobs = score_batches(session.model, batches, use_adapters=False) if is_kl_measured else None
+        if ref_logprobs is not None:
+            kl_by_node = node_kl(rows, batches, ref_logprobs)
         update = UpdateConfig(clip=config.clip, kl_coef=config.kl, loss_norm=config.loss_norm, grad_clip=config.grad_clip)
         epochs = [
             update_step(session.model, session.optimizer, session.params, batches, old_logprobs, ref_logprobs,
@@ -162,7 +164,7 @@ def train_step(session: TrainSession) -> dict[str, Any]:
         is_kl_measured=stats is not None and is_kl_measured,
         timings_s={"rollout_s": rollout_s, "update_s": update_s, "sync_s": sync_s,
                    "step_s": time.perf_counter() - step_started},
-    ) | node_diagnostics(rollout)  # this process's runs only, under torchrun
+    ) | node_diagnostics(rollout) | kl_by_node  # this process's runs only, under torchrun
     if session.is_main:
         append_row(session.out / METRICS_FILE, metrics)
         append_row(session.out / SAMPLES_FILE, sample_row(session.state.step, local[0], answers[0], scores.rewards[0]))

@@ -110,7 +110,7 @@ spec = "{ROOT / 'specs/neuromas7.nmas'}"
     assert load_experiment(write(tmp_path, GOOD)).budget_groups() == {"trained": ["single"]}
 
 
-@pytest.mark.parametrize("name", ["paper_small", "paper_gpu", "probes/chain_sum", "probes/syllogism"])
+@pytest.mark.parametrize("name", ["paper_small", "paper_small_yesno", "paper_gpu", "probes/chain_sum", "probes/syllogism"])
 def test_the_shipped_experiments_load_and_match_their_budgets(name):
     import neuromas
 

@@ -43,9 +43,9 @@ execute(load_experiment(sys.argv[1]), Path(sys.argv[2]), command=(sys.executable
 """
 
 
-def run_experiment(tmp_path: Path, out: Path, kill: str = "") -> subprocess.CompletedProcess:
+def run_experiment(tmp_path: Path, out: Path, kill: str = "", extra: str = "") -> subprocess.CompletedProcess:
     file = tmp_path / "experiment.toml"
-    file.write_text(EXPERIMENT)
+    file.write_text(extra + EXPERIMENT)
     env = {**os.environ, "FAKE_CALLS": str(tmp_path / f"{out.name}.calls"), "FAKE_KILL": kill}
     return subprocess.run([sys.executable, "-c", RUN, str(file), str(out)], env=env, capture_output=True, text=True)
 
@@ -95,3 +95,11 @@ def test_results_pair_each_arm_with_the_reference_on_the_same_questions(tmp_path
     assert by_name["self_consistency"]["trainable_parameters"] == 0
     assert by_name["neuromas3"]["trainable_parameters"] == 3 * 5 * 30 * 3840
     assert by_name["single_agent"]["reward_curve"][0][0] == 1
+
+
+def test_a_train_reward_trains_and_the_reward_scores(tmp_path):
+    extra = 'reward = "numeric_match"\ntrain_reward = "number_answer"\n'
+    assert run_experiment(tmp_path, tmp_path / "out", extra=extra).returncode == 0
+    calls = [line.split() for line in (tmp_path / "out.calls").read_text().splitlines()]
+    assert {call[-1] for call in calls if call[0] == "train"} == {"number_answer"}
+    assert {call[-1] for call in calls if call[0] == "eval"} == {"numeric_match"}

@@ -85,7 +85,7 @@ def test_sampling_logprobs_match_a_teacher_forced_pass(two_adapter_backend, lora
         GenRequest(chat_ids(tokenizer, PROMPTS[2]), "node-hidden-1", settings[1]),
         GenRequest(chat_ids(tokenizer, PROMPTS[1]), None, settings[0]),
     ]
-    results = backend.generate(requests, seed=4)
+    results = backend.generate(requests, seed=5)
     for request, result in zip(requests, results):
         assert len(result.completion_ids) == len(result.logprobs) >= 1
         full = result.prompt_ids + result.completion_ids
@@ -187,7 +187,7 @@ def test_the_sampler_is_the_trained_policy_in_bf16(make_backend):
     prepare_for_update(backend.model)
     settings = Generation(max_tokens=12, temperature=1.0, top_p=1.0)
     prompt = chat_ids(backend.tokenizer, PROMPTS[0])
-    requests = [GenRequest(prompt, adapter, settings) for adapter in ("node-hidden-0", "node-hidden-1") for _ in range(2)]
+    requests = [GenRequest(prompt, adapter, settings) for adapter in ("node-hidden-0", "node-hidden-1") for _ in range(6)]
     results = backend.generate(requests, seed=5)
     rows = [CompletionRow(i, f"n{i}", 0, r.adapter, result.prompt_ids, result.completion_ids, 1.0)
             for i, (r, result) in enumerate(zip(requests, results))]
@@ -199,7 +199,52 @@ def test_the_sampler_is_the_trained_policy_in_bf16(make_backend):
             gaps.append((logprobs[b, : len(sampled)] - sampled).abs())
     gaps = torch.cat(gaps)
     print(f"sampler vs trainer: mean {gaps.mean():.5f}, max {gaps.max():.5f} nats over {gaps.numel()} tokens")
-    assert gaps.numel() >= 8
-    # Measured 0.027 mean, 0.18 max here (the baseline: 0.041 mean, 0.38 max); the rest is
-    # corrected in the update by truncated importance sampling (tests/training/test_update.py).
-    assert gaps.mean().item() < 0.035 and gaps.max().item() < 0.3
+    assert gaps.numel() >= 24
+    # The bf16 gap depends on the sample: 0.020-0.041 nats mean (max 0.11-0.54) over four
+    # samples here. It is the base model's bf16 rounding (decoding with a cache against one
+    # pass over the whole row), corrected in the update by truncated importance sampling
+    # (tests/training/test_update.py); in fp32 the gap is 0 (test_update.py). The bounds
+    # catch a wrong position, temperature or adapter, which cost nats per token.
+    assert gaps.mean().item() < 0.06 and gaps.max().item() < 1.0
+
+
+def test_the_sampler_draws_from_the_distribution_and_never_an_impossible_token(monkeypatch):
+    from neuromas.runtime.backends.transformers import draw
+
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
+    logprobs = probs.log().expand(40_000, -1)
+    counts = torch.bincount(draw(logprobs).squeeze(1), minlength=5).float() / 40_000
+    assert counts[1] == 0 and counts[4] == 0
+    assert torch.allclose(counts, probs, atol=0.01)  # 4 standard errors at 40,000 draws
+    # A uniform that rounds up to the total mass would pass every token: the row's argmax instead.
+    rounded_up = torch.tensor([[0.0, float("-inf")]])
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kwargs: torch.ones(*shape, **kwargs))
+    assert draw(rounded_up).item() == 0
+
+
+def test_rows_sharing_a_prompt_prefill_it_once_and_sample_the_same_tokens(two_adapter_backend):
+    """A GRPO group: three samples of each of two nodes, plus a row of its own. With the
+    shared prefill the rows get the same tokens and log-probs as with a prefill per row."""
+    backend = two_adapter_backend
+    tokenizer = backend.tokenizer
+    settings = Generation(max_tokens=6, temperature=1.0, top_p=1.0)
+    shared = chat_ids(tokenizer, PROMPTS[2])
+    requests = [GenRequest(shared, adapter, settings) for adapter in ("node-hidden-0", "node-hidden-1") for _ in range(3)]
+    requests.append(GenRequest(chat_ids(tokenizer, PROMPTS[0]), "node-hidden-0", settings))
+    calls = []
+    forward = backend.model.forward
+    backend.model.forward = lambda *args, **kwargs: calls.append(kwargs["input_ids"].shape) or forward(*args, **kwargs)
+    try:
+        backend.share_prompts = True
+        shared_results = backend.generate(requests, seed=7)
+        prefill = calls[0]
+        backend.share_prompts = False
+        own_results = backend.generate(requests, seed=7)
+    finally:
+        del backend.model.forward
+    assert prefill[0] == 3  # two shared prompts and the row of its own, each once
+    for a, b in zip(shared_results, own_results, strict=True):
+        assert a.completion_ids == b.completion_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+    assert len({r.completion_ids for r in shared_results[:3]}) > 1  # the group's samples still differ

@@ -4,7 +4,23 @@ import math
 
 import pytest
 
-from neuromas.runtime.training.diagnostics import answer_overlap, node_diagnostics
+from neuromas.runtime.training.diagnostics import answer_overlap, node_diagnostics, node_kl
+
+
+def test_node_kl_is_the_k3_estimate_per_node_over_its_tokens():
+    import torch
+
+    from neuromas.runtime.training.packing import CompletionRow, micro_batches
+
+    half, quarter = math.log(0.5), math.log(0.25)
+    rows = [CompletionRow(0, "hidden.0", 0, "a", (1, 2), (3, 4), 1.0, (half, half)),
+            CompletionRow(1, "hidden.0", 0, "a", (1, 2), (5,), 1.0, (half,)),
+            CompletionRow(0, "hidden.1", 0, "b", (1, 2), (6, 7), 1.0, (quarter, quarter))]
+    batches = micro_batches(rows)
+    # The base gives every token probability 1/4: per token exp(d) - d - 1 with d = ref - policy.
+    refs = [torch.full(batch.completion_mask.shape, quarter) for batch in batches]
+    kl = node_kl(rows, batches, refs)
+    assert kl == {"node/hidden.0/kl": pytest.approx(0.5 + math.log(2) - 1, abs=1e-5), "node/hidden.1/kl": 0.0}
 
 
 def test_answer_overlap_is_the_share_of_the_message_words_the_answer_repeats():

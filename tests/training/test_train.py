@@ -81,6 +81,13 @@ def test_a_short_run_trains_the_adapters_and_logs_every_step(base_model, make_pl
         assert all(row[name] >= 0 for name in TIMING)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # B starts at zero: the adapters are the base
     assert rows[1]["kl"] > 0
+    # Per node, from the sampler's log-probs (bf16 numerics: not exactly 0 at step 1).
+    node_kl = [{key: value for key, value in row.items() if key.endswith("/kl")} for row in rows]
+    print("per-node KL to the base:", node_kl)
+    trained = {f"node/{node.id}/kl" for node in plan.nodes if node.id != "hidden[1]"}  # a frozen node is the base
+    assert set(node_kl[0]) == set(node_kl[1]) == trained
+    assert all(0.0 <= value < 0.01 for value in node_kl[0].values())
+    assert all(node_kl[1][key] > node_kl[0][key] for key in trained)
 
     after = lora_state(runtime.backend.model)
     for name in before:
