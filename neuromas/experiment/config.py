@@ -56,6 +56,7 @@ class Experiment(Strict):
     reward: str | None = None  # scores the held-out questions (and trains, unless train_reward is set)
     train_reward: str | None = None  # trains with another reward, e.g. a graded one that gives groups variance
     answer_format: str | None = None
+    log_kl: bool = False  # record each trained node's KL to the base every step (one more forward pass)
     reference: str
     match_budget: bool = False  # trained arms of each budget_group (all, if none names one) match within 5%
     arms: list[Arm] = Field(alias="arm", min_length=2)

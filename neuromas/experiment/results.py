@@ -131,7 +131,7 @@ def picture(results: dict[str, Any], path: Path) -> None:
             steps, rewards = zip(*arm["reward_curve"])
             curves.plot(steps, rewards, label=arm["arm"])
     curves.set_xlabel("step")
-    curves.set_ylabel("training reward (mean over seeds, 5-step moving average)")
+    curves.set_ylabel("training reward (5-step mean over seeds)")
     if any(arm["reward_curve"] for arm in arms):
         curves.legend()
     fig.tight_layout()

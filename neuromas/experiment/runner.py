@@ -136,6 +136,8 @@ class Runner:
                 "--batch", str(e.batch), "--group", str(arm.group or e.group), "--out", str(folder.train_dir)]
         if e.lr is not None:
             args += ["--lr", str(e.lr)]
+        if e.log_kl:
+            args.append("--log-kl")
         if (folder.train_dir / "metrics.jsonl").exists():
             args.append("--resume")
         return args

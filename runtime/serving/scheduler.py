@@ -153,17 +153,22 @@ class BatchScheduler:
             return
         seed = live[0].request.seed if live[0].is_alone else None
         self.stats.running = len(live)
+        results: list[SystemResult] | None = None
+        failure: Exception | None = None
         try:
-            results: list[SystemResult] = run_requests(self.runtime, [item.request for item in live], seed=seed)
+            results = run_requests(self.runtime, [item.request for item in live], seed=seed)
         except Exception as error:  # reported to each waiting request; the server keeps serving
             logger.exception("a batch of %d request(s) failed", len(live))
-            for item in live:
-                item.future.set_exception(error)
-        else:
-            for item, result in zip(live, results, strict=True):
-                item.future.set_result(result)
+            failure = error
+        # The stats count the batch before anyone is answered, so a client that reads them
+        # after its answer sees its own batch.
         self.stats.running = 0
         self.stats.batches += 1
         self.stats.requests += len(live)
         self.stats.largest_batch = max(self.stats.largest_batch, len(live))
         self.stats.batch_s_total += time.perf_counter() - started
+        for index, item in enumerate(live):
+            if failure is not None:
+                item.future.set_exception(failure)
+            else:
+                item.future.set_result(results[index])

@@ -34,7 +34,7 @@ seed = option("--seed")
 arm = Path(spec).stem
 kill = os.environ.get("FAKE_KILL", "")
 with open(os.environ["FAKE_CALLS"], "a") as calls:
-    calls.write(" ".join([command, arm, seed, option("--steps", "-"), option("-o", "-"), option("--reward", "-")]) + "\n")
+    calls.write(" ".join([command, arm, seed, option("--steps", "-"), option("-o", "-"), option("--reward", "-"), "log-kl" if "--log-kl" in args else "-"]) + "\n")
 
 if command == "train":
     out = Path(option("--out"))

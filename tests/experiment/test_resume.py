@@ -97,9 +97,9 @@ def test_results_pair_each_arm_with_the_reference_on_the_same_questions(tmp_path
     assert by_name["single_agent"]["reward_curve"][0][0] == 1
 
 
-def test_a_train_reward_trains_and_the_reward_scores(tmp_path):
-    extra = 'reward = "numeric_match"\ntrain_reward = "number_answer"\n'
+def test_a_train_reward_trains_the_reward_scores_and_log_kl_reaches_training(tmp_path):
+    extra = 'reward = "numeric_match"\ntrain_reward = "number_answer"\nlog_kl = true\n'
     assert run_experiment(tmp_path, tmp_path / "out", extra=extra).returncode == 0
     calls = [line.split() for line in (tmp_path / "out.calls").read_text().splitlines()]
-    assert {call[-1] for call in calls if call[0] == "train"} == {"number_answer"}
-    assert {call[-1] for call in calls if call[0] == "eval"} == {"numeric_match"}
+    assert {tuple(call[-2:]) for call in calls if call[0] == "train"} == {("number_answer", "log-kl")}
+    assert {tuple(call[-2:]) for call in calls if call[0] == "eval"} == {("numeric_match", "-")}
