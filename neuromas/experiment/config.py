@@ -33,6 +33,7 @@ class Arm(Strict):
     stage: str | None = None  # evaluate this growth stage's plan (default: the last one)
     group: int | None = Field(default=None, ge=1)
     eval_group: int = Field(default=1, ge=1)  # samples per held-out question (a vote uses the spec's width)
+    eval_at: list[int] = []  # more step counts to score a trained arm after (e.g. a grown arm's stage starts)
     budget_group: str | None = None  # with match_budget: arms of one group hold the same trainable parameters
 
 

@@ -65,12 +65,13 @@ class RunFolder:
 
 
 def eval_points(experiment: Experiment, arm: Arm, stage_starts: list[int]) -> list[int]:
-    """The step counts after which an arm is scored: the end of training, and for growth
-    the start of every later stage (so each stage's result is reported). Frozen arms: 0."""
+    """The step counts after which an arm is scored: the end of training, for growth the
+    start of every later stage (so each stage's result is reported), and the arm's
+    `eval_at` steps (a from-scratch arm scored where a grown one changes stage). Frozen arms: 0."""
     if not arm.train:
         return [0]
     total = experiment.steps_of(arm)
-    return sorted({step for step in stage_starts if 0 < step < total} | {total})
+    return sorted({step for step in [*stage_starts, *arm.eval_at] if 0 < step < total} | {total})
 
 
 def stage_at(stage_history: list[dict], step: int) -> str | None:

@@ -118,3 +118,16 @@ def test_the_shipped_experiments_load_and_match_their_budgets(name):
     for names in experiment.budget_groups().values() if experiment.match_budget else ():
         plans = {n: neuromas.compile(experiment.arm(n).spec) for n in names}
         check_matched({n: trainable_parameters(plan, SMOLLM2) for n, plan in plans.items()})
+
+
+def test_an_arm_is_scored_at_the_end_at_its_stage_starts_and_at_its_eval_at_steps(tmp_path):
+    from neuromas.experiment.runner import eval_points
+
+    text = GOOD.replace('spec = "' + str(ROOT / "specs/single_agent.nmas") + '"',
+                        'spec = "' + str(ROOT / "specs/single_agent.nmas") + '"\neval_at = [1, 3, 9]')
+    experiment = load_experiment(write(tmp_path, text))
+    single, frozen = experiment.arm("single"), experiment.arm("n3")
+    assert single.eval_at == [1, 3, 9]
+    assert eval_points(experiment, single, []) == [1, 3, 4]  # 9 lies past the end: the end is scored anyway
+    assert eval_points(experiment, single, [2]) == [1, 2, 3, 4]
+    assert eval_points(experiment, frozen, [2]) == [0]
