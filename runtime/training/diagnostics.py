@@ -56,8 +56,8 @@ def node_diagnostics(rollout: Rollout) -> dict[str, float]:
 
 def node_kl(rows: Sequence[CompletionRow], batches: Sequence[Batch], ref_logprobs: Sequence) -> dict[str, float]:
     """`node/<id>/kl` for every trained node whose rows carry sampler log-probs (a frozen
-    node runs the base and has no rows); `ref_logprobs`:
-    the base model's (B, T) log-probs of each micro-batch's tokens (`score_batches`)."""
+    node runs the base and has no rows). `ref_logprobs`: the base model's (B, T) log-probs
+    of each micro-batch's tokens (`score_batches`)."""
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # node -> [KL sum, tokens]
     for batch, ref in zip(batches, ref_logprobs, strict=True):
         if batch.sampler_logprobs is None:
