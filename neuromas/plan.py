@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -184,14 +184,6 @@ class Plan(_Struct, kw_only=True):
         growth = tuple(msgspec.structs.replace(stage, plan=stage.plan.with_answer_format(answer_format))
                        for stage in self.growth)
         return msgspec.structs.replace(self, outputs=outputs, growth=growth)
-
-    def with_training(self, **settings: Any) -> Plan:
-        """This plan (and its growth stages' plans, which the schedule trains with) with
-        these train settings, e.g. lr=1e-3, group=4. A plan without a train block is kept."""
-        if self.train is None:
-            return self
-        growth = tuple(msgspec.structs.replace(stage, plan=stage.plan.with_training(**settings)) for stage in self.growth)
-        return msgspec.structs.replace(self, train=msgspec.structs.replace(self.train, **settings), growth=growth)
 
     def with_lora_rank(self, rank: int) -> Plan:
         """This plan (and its growth stages' plans) with LoRA rank `rank`. Alpha scales with

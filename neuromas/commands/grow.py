@@ -95,16 +95,10 @@ def check_trained_from(plan: neuromas.Plan, stage_name: str, checkpoint: Path, s
     """The checkpoint was trained from the stage before `stage_name` with these settings;
     raises UserError naming the setting that differs (from the run's plan.json)."""
     from neuromas.runtime.training.checkpoint import plan_fingerprint
-    from neuromas.runtime.training.schedule import stage_plans
+    from neuromas.runtime.training.schedule import grown_stage_index, stage_plans
 
     stages = stage_plans(plan)
-    names = [stage.name for stage in stages]
-    if stage_name not in names:
-        raise UserError(f"no growth stage {stage_name!r} (stages: {', '.join(names) or 'none'})", exit_code=2)
-    index = names.index(stage_name)
-    if index == 0:
-        raise UserError(f"'{stage_name}' is the first stage: there is nothing trained to grow it from", exit_code=2)
-    trained = stages[index - 1]
+    trained = stages[grown_stage_index(stages, stage_name) - 1]
     if state["plan_fingerprint"] == plan_fingerprint(trained.plan):
         return
     differences = _differences(_trained_plan(checkpoint), trained.plan)

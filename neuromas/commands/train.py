@@ -153,17 +153,13 @@ def training_plan(args: argparse.Namespace):
     plan = assemble.load_plan(args)
     if plan.train is None:
         raise UserError(f"'{args.spec}' has no train block: add `train {{ algorithm grpo ... }}` to train it", exit_code=2)
-    # --group, --batch and --lr reach the growth stages' plans too (the schedule trains
-    # each stage with its own); --steps is the whole run's.
-    overrides = {"group": args.group, "batch": args.batch, "lr": args.lr}
-    plan = plan.with_training(**{name: value for name, value in overrides.items() if value is not None})
-    if args.steps is not None:
-        plan = msgspec.structs.replace(plan, train=msgspec.structs.replace(plan.train, steps=args.steps))
-    train = plan.train
+    overrides = {"steps": args.steps, "group": args.group, "batch": args.batch, "lr": args.lr}
+    changed = {name: value for name, value in overrides.items() if value is not None}
+    train = msgspec.structs.replace(plan.train, **changed)
     if train.algorithm == "rloo" and train.group < 2:
         raise UserError("rloo needs a group of at least 2 samples per input (--group)", exit_code=2)
     args.group, args.batch = train.group, train.batch  # the values used, for error messages too
-    return plan
+    return msgspec.structs.replace(plan, train=train)
 
 
 def eval_settings(args: argparse.Namespace, plan):

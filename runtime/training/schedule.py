@@ -50,6 +50,18 @@ def stage_plans(plan: Plan) -> list[GrowthStage]:
     ]
 
 
+def grown_stage_index(stages: list[GrowthStage], stage_name: str) -> int:
+    """The index of `stage_name`, a stage that grows from the one before it; raises UserError
+    (exit 2) for an unknown stage or the first one."""
+    names = [stage.name for stage in stages]
+    if stage_name not in names:
+        raise UserError(f"no growth stage {stage_name!r} (stages: {', '.join(names) or 'none'})", exit_code=2)
+    index = names.index(stage_name)
+    if index == 0:
+        raise UserError(f"'{stage_name}' is the first stage: there is nothing trained to grow it from", exit_code=2)
+    return index
+
+
 def train_with_growth(
     plan: Plan,
     make_runtime: RuntimeFactory,
@@ -156,12 +168,7 @@ def grow_checkpoint(checkpoint: Path, plan: Plan, stage_name: str, out: Path, ma
     stage before `stage_name`), grow it, and write the grown checkpoint, at the same step,
     and the stage's plan.json into `out`. Returns the new checkpoint folder."""
     stages = stage_plans(plan)
-    names = [stage.name for stage in stages]
-    if stage_name not in names:
-        raise UserError(f"no growth stage {stage_name!r} (stages: {', '.join(names) or 'none'})", exit_code=2)
-    index = names.index(stage_name)
-    if index == 0:
-        raise UserError(f"'{stage_name}' is the first stage: there is nothing trained to grow it from", exit_code=2)
+    index = grown_stage_index(stages, stage_name)
     trained, stage = stages[index - 1].plan, stages[index]
     lock = RunLock.acquire(Path(out))  # one writer per run folder, as for train
     try:

@@ -20,20 +20,19 @@ def test_lora_rank_scales_alpha_and_reaches_every_growth_stage():
     assert plan.train.lr == 3e-5
 
 
-def test_training_overrides_reach_every_growth_stage_and_steps_only_the_run():
-    """The schedule trains each stage with its own plan: an --lr that stopped at the top plan
-    once left a grown arm at the spec's rate while every other arm used the override."""
+def test_training_overrides_and_the_answer_format_reach_every_growth_stage():
+    """The schedule trains each stage with the run's train settings (`stage_plans`); the
+    answer format must reach the stages' outputs too: a grown run once read its answers
+    as text while the experiment asked for numbers."""
+    from neuromas.runtime.training.schedule import stage_plans
+
     args = build_parser().parse_args(["train", SPEC, "--task", "reasoning_gym:basic_arithmetic", "--out", "x",
                                       "--lr", "1e-3", "--group", "3", "--batch", "5", "--steps", "7",
                                       "--answer-format", "number"])
     plan = training_plan(args)
     assert plan.growth and (plan.train.lr, plan.train.group, plan.train.batch, plan.train.steps) == (1e-3, 3, 5, 7)
-    import neuromas
-
-    spec_stages = neuromas.compile(SPEC).growth
-    for stage, spec_stage in zip(plan.growth, spec_stages, strict=True):
+    for stage in stage_plans(plan):
         assert (stage.plan.train.lr, stage.plan.train.group, stage.plan.train.batch) == (1e-3, 3, 5)
-        assert stage.plan.train.steps == spec_stage.plan.train.steps  # --steps is the whole run's
         assert {output.answer_format for output in stage.plan.outputs} == {"number"}
 
 
