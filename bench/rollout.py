@@ -11,8 +11,10 @@ The same plan and inputs run three ways:
   (d) raw_flat_peft  (c) with peft's own mixed-adapter batches (`adapter_names=`) and
                      nothing else: what plain transformers + peft gives;
   (e) unshared       (a) with every row prefilling its own prompt (`share_prompts=False`):
-                     what the shared prefill of a group's common prompts saves.
-Each round runs a to e once, in a rotated order; ratios are taken within a round
+                     what the shared prefill of a group's common prompts saves;
+  (f) plain_kernels  (a) with torch's own CPU kernels (`cpu_kernels=False`): what the
+                     packed weights and grouped attention save.
+Each round runs a to f once, in a rotated order; ratios are taken within a round
 (same load on a shared machine), and rounds go on until each ratio's 95% interval is
 within --tolerance of its median. Wall and CPU time (this process's) are both reported.
 Targets on CPU for a width-4 system: a >= 0.85 x c, and a never slower than b, at
@@ -31,7 +33,7 @@ import json
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import msgspec
@@ -41,7 +43,9 @@ from transformers import StaticCache
 import neuromas
 from neuromas.plan import Call, Level, Plan
 from neuromas.runtime import Runtime, TransformersBackend, attach_adapters, load_model
+from neuromas.runtime.backends.attention import cpu_attention
 from neuromas.runtime.backends.lora_rows import fp32_output_head
+from neuromas.runtime.backends.packed_linear import packed_linears
 from neuromas.runtime.backends.transformers import BASE_ADAPTER, cache_argument, left_pad
 from neuromas.runtime.generation.rollout import Rollout
 
@@ -86,7 +90,10 @@ QUESTIONS = [
 ]
 # level-batched vs per node: >= 2.5x for a width-4 system on 1 x 1; never slower (1.0) at any size.
 TARGETS = {"level_batched / per_node": 1.0, "level_batched / raw_flat": 0.85}
-REPORTED = {"level_batched / unshared": "the shared prefill's gain (no target)"}
+REPORTED = {
+    "level_batched / unshared": "the shared prefill's gain (no target)",
+    "level_batched / plain_kernels": "the CPU kernels' gain (no target)",
+}
 
 
 def per_node_plan(plan: Plan) -> Plan:
@@ -129,15 +136,16 @@ def run_raw(plan: Plan, backend: TransformersBackend, rollout: Rollout, seed: in
         input_ids, attention_mask = left_pad([r.prompt_ids for r in records], tokenizer.pad_token_id, model.device)
         if lora_rows == "peft":  # peft as it comes
             context, extra = nullcontext(), {"adapter_names": [r.adapter or BASE_ADAPTER for r in records]}
-            head = nullcontext()
-        else:  # the backend's mechanisms (adapter rows, output layer, cache), without the backend
+            head = kernels = nullcontext()
+        else:  # the backend's mechanisms (adapter rows, kernels, output layer, cache), without the backend
             context, extra = backend.adapter_rows([r.adapter for r in records])
-            head = fp32_output_head(model)
+            head = fp32_output_head(model, packed=True)
+            kernels = cpu_kernels(model)
             extra[cache_argument()] = StaticCache(
                 config=model.config.get_text_config(), max_cache_len=input_ids.shape[1] + generation.max_tokens
             )
         started, cpu_started = time.perf_counter(), time.process_time()
-        with torch.inference_mode(), context, head:
+        with torch.inference_mode(), kernels, context, head:
             out = model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, **extra, do_sample=True,
                 temperature=generation.temperature, top_k=0, top_p=generation.top_p,
@@ -151,12 +159,19 @@ def run_raw(plan: Plan, backend: TransformersBackend, rollout: Rollout, seed: in
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": tokens, "calls": calls}
 
 
-def unshared(plan: Plan, backend: TransformersBackend, inputs: list[str], group: int, seed: int) -> dict:
-    backend.share_prompts = False
+@contextmanager
+def cpu_kernels(model):
+    with cpu_attention(model, sampling=True), packed_linears(model):
+        yield
+
+
+def switched_off(feature: str, plan: Plan, backend: TransformersBackend, inputs: list[str], group: int, seed: int) -> dict:
+    """(a) with one of the backend's features (`share_prompts`, `cpu_kernels`) off."""
+    setattr(backend, feature, False)
     try:
         return run_runtime(plan, backend, inputs, group, seed)[0]
     finally:
-        backend.share_prompts = True
+        setattr(backend, feature, True)
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -203,7 +218,8 @@ def measure(plan: Plan, backend: TransformersBackend, inputs: list[str], group: 
         "per_node": lambda: Tokens(run_runtime(split, backend, inputs, group, args.seed + state["round"])[0]),
         "raw_flat": lambda: Tokens(run_raw(plan, backend, state["rollout"], args.seed + state["round"], "stacked")),
         "raw_flat_peft": lambda: Tokens(run_raw(plan, backend, state["rollout"], args.seed + state["round"], "peft")),
-        "unshared": lambda: Tokens(unshared(plan, backend, inputs, group, args.seed + state["round"])),
+        "unshared": lambda: Tokens(switched_off("share_prompts", plan, backend, inputs, group, args.seed + state["round"])),
+        "plain_kernels": lambda: Tokens(switched_off("cpu_kernels", plan, backend, inputs, group, args.seed + state["round"])),
     }
     ratios = [(name, *name.split(" / ")) for name in [*TARGETS, *REPORTED]]
     measured = interleaved(variants, ratios, min_rounds=args.min_rounds, max_rounds=args.max_rounds,

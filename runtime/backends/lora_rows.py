@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .packed_linear import PerWeight, packed_linear
+
 BASE_ADAPTER = "__base__"  # peft's adapter_names entry for "no adapter"
 
 
@@ -114,26 +116,29 @@ def _stacked_forward(module: Any, present: Sequence[str], adapter_names: Sequenc
 
 
 @contextmanager
-def fp32_output_head(model: Any) -> Iterator[None]:
+def fp32_output_head(model: Any, *, packed: bool = False) -> Iterator[None]:
     """Within the block the output head returns fp32 logits of the hidden states, computed
     once in fp32 (bf16 logits put errors of up to ~0.05 nats into log-probs).
 
     Its input is made contiguous first: after a prefill the model keeps only the last
     position, a strided view, for which torch's linear copies the whole (vocab x hidden)
-    weight once per row (46x the cost on this CPU). With a bf16 head, the gradient to
-    the hidden states is computed in bf16 (the dtype of everything below the head); the
-    forward stays fp32.
+    weight once per row (46x the cost on this CPU). The fp32 copy of a bf16 head is made
+    once per weight version, and outside autograd it runs from a packed weight
+    (`packed_linear`). With a bf16 head, the gradient to the hidden states is computed
+    in bf16 (the dtype of everything below the head); the forward stays fp32.
     """
     head = model.get_output_embeddings()
     if head is None:
         yield
         return
     weight, bias = head.weight, head.bias
-    weight_fp32 = weight.detach().float()  # computed once per block, not per call
+    weight_fp32 = fp32_copy(weight)
     bias_fp32 = None if bias is None else bias.detach().float()
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden.contiguous()
+        if packed:
+            return packed_linear(hidden.float(), weight_fp32, bias_fp32)
         if weight.dtype == torch.float32:
             return F.linear(hidden, weight, bias)
         return _Fp32Head.apply(hidden, weight, weight_fp32, bias_fp32)
@@ -143,6 +148,9 @@ def fp32_output_head(model: Any) -> Iterator[None]:
         yield
     finally:
         del head.forward
+
+
+fp32_copy = PerWeight(lambda weight: weight.float())  # a frozen weight's fp32 copy, made once
 
 
 class _Fp32Head(torch.autograd.Function):

@@ -7,8 +7,10 @@ layer for all adapters); `lora_rows="peft"` uses peft's own mixed-adapter batche
 (`adapter_names=`, eval mode only), which give the same logits with more small ops.
 The LoRA deltas and the output head are computed in fp32, by the same code as the
 update's log-probs (`lora_rows`), so the sampler is the trained policy up to the
-base model's own bf16 rounding. Rows that share a prompt and an adapter (the samples of
-one node in a GRPO group) prefill it once.
+base model's own bf16 rounding. On a CPU, decoding steps attend by grouped matmuls
+(`attention`; torch's kernel costs 5-10x more a step) and the linears run from weights
+packed once (`packed_linear`; 1.5-2x faster a step, the same results). Rows that share
+a prompt and an adapter (the samples of one node in a GRPO group) prefill it once.
 
 Sampling is done by `RowSampler`, the last logits processor: it applies each row's
 temperature and top-p, draws each row's token itself (inverse CDF, one uniform per row;
@@ -40,8 +42,10 @@ from transformers import (
 
 from neuromas.plan import Plan
 
+from .attention import cpu_attention
 from .base import BackendStats, FinishReason, GenRequest, GenResult
 from .lora_rows import BASE_ADAPTER, fp32_output_head, row_adapters
+from .packed_linear import packed_linears
 
 LoraRows = Literal["stacked", "peft"]
 
@@ -55,7 +59,8 @@ class TransformersBackend:
     for the runtime and for `stats`. `lora_rows` picks how rows get their adapters
     (see the module docstring); "stacked" falls back to "peft" for LoRA variants it
     does not compute. `share_prompts`: rows with the same prompt and adapter prefill it
-    once (`_prefill_shared_prompts`).
+    once (`_prefill_shared_prompts`). `cpu_kernels`: on a CPU, linears run from prepacked
+    weights (`packed_linear`) and attention as grouped matmuls (`attention`).
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class TransformersBackend:
         max_batch_rows: int | None = None,
         lora_rows: LoraRows = "stacked",
         share_prompts: bool = True,
+        cpu_kernels: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -74,6 +80,7 @@ class TransformersBackend:
         self.max_batch_rows = max_batch_rows
         self.lora_rows = lora_rows
         self.share_prompts = share_prompts
+        self.cpu_kernels = cpu_kernels
         self.stats = BackendStats()
 
     @classmethod
@@ -158,19 +165,23 @@ class TransformersBackend:
         cache = StaticCache(
             config=self.model.config.get_text_config(), max_cache_len=prompt_length + config.max_new_tokens
         )
-        if self.share_prompts:
-            self._prefill_shared_prompts(requests, input_ids, attention_mask, cache)
         context, extra = self.adapter_rows([r.adapter for r in requests])
-        with torch.inference_mode(), context, fp32_output_head(self.model):
-            sequences = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-                **{cache_argument(): cache},
-                logits_processor=LogitsProcessorList([sampler]),
-                stopping_criteria=StoppingCriteriaList([stops]),
-                **extra,
-            )
+        model = self.model
+        attention = cpu_attention(model, sampling=True) if self.cpu_kernels else nullcontext()
+        linears = packed_linears(model) if self.cpu_kernels else nullcontext()
+        with torch.inference_mode(), attention, linears, fp32_output_head(model, packed=self.cpu_kernels):
+            if self.share_prompts:  # before `context`: it sets its own rows' adapters
+                self._prefill_shared_prompts(requests, input_ids, attention_mask, cache)
+            with context:
+                sequences = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=config,
+                    **{cache_argument(): cache},
+                    logits_processor=LogitsProcessorList([sampler]),
+                    stopping_criteria=StoppingCriteriaList([stops]),
+                    **extra,
+                )
         completions = sequences[:, prompt_length:]
         logprobs = sampler.sampled_logprobs(completions)  # (B, T)
         return [

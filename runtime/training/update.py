@@ -22,24 +22,24 @@ rows whose advantage is exactly zero leave the step when the loss has no KL term
 contribute no gradient; the normalisers still count them); and entropy is computed
 only when asked for. A step with no signal at all skips `optimizer.step()`.
 
-On a CPU the update's attention is transformers' eager one (`cpu_attention`): torch's
-CPU flash-attention backward costs about 3x its forward (a quarter of a NeuroMAS-3
-update); eager attention's backward is plain matmuls, 1.25x faster for the whole update,
-and as accurate (bf16 gradients lie 5.6% from the fp32 ones with either; in fp32 the
-two agree to 5e-6). Other devices keep their kernel.
+On a CPU the update's attention is `backends.attention`'s grouped matmuls, as in
+sampling: torch's CPU flash-attention backward costs about 3x its forward (a quarter of
+a NeuroMAS-3 update); plain matmuls' backward does not, and is as accurate (bf16
+gradients lie 5.6% from the fp32 ones with either; in fp32 the two agree to 5e-6).
+Other devices keep their kernel.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
+from ..backends.attention import cpu_attention
 from ..backends.lora_rows import fp32_output_head, row_adapters
 from ..backends.transformers import cache_argument
 from ..failures import in_phase
@@ -128,21 +128,6 @@ def token_logprobs(
     and values to the LoRA weights that made them."""
     with cpu_attention(model):
         return _token_logprobs(model, batch.to(model_device(model)), use_adapters, with_entropy, lora_rows)
-
-
-@contextmanager
-def cpu_attention(model: nn.Module) -> Iterator[None]:
-    """Eager attention inside the block when `model` is on a CPU (see the module docstring)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    before = getattr(inner.config, "_attn_implementation", None)
-    if model_device(model).type != "cpu" or before in (None, "eager") or not hasattr(inner, "set_attn_implementation"):
-        yield
-        return
-    inner.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        inner.set_attn_implementation(before)
 
 
 def _token_logprobs(

@@ -438,28 +438,28 @@ def test_sampler_log_probs_weight_each_token_by_the_truncated_importance_ratio(p
     assert close(flat["capped"], 1.2 * reference)
 
 
-def test_the_update_runs_eager_attention_on_a_cpu_with_the_same_gradient(peft_model):
-    """`cpu_attention` switches the update to eager attention and back; in fp32 its
-    gradient is the sdpa one (torch's CPU flash-attention backward is the slow part)."""
-    from neuromas.runtime.training.update import cpu_attention
+def test_the_update_runs_grouped_attention_on_a_cpu_with_the_same_gradient(peft_model):
+    """`cpu_attention` switches the update to the grouped matmul attention and back; in
+    fp32 its gradient is the sdpa one (torch's CPU flash-attention backward is the slow part)."""
+    from neuromas.runtime.backends.attention import NAME, cpu_attention
 
     model, tokenizer, _ = peft_model
     to_fp32_base(model)
     inner = model.get_base_model()
     assert inner.config._attn_implementation == "sdpa"
     with cpu_attention(model):
-        assert inner.config._attn_implementation == "eager"
-    assert inner.config._attn_implementation == "sdpa"  # generation keeps its kernel
+        assert inner.config._attn_implementation == NAME
+    assert inner.config._attn_implementation == "sdpa"
 
     from neuromas.runtime.training.update import _token_logprobs
 
     batches = micro_batches(group_rows(tokenizer), token_budget=10_000)
     grads = {}
-    for kind, scores in (("eager", token_logprobs), ("sdpa", lambda m, b: _token_logprobs(m, b, True, False, "stacked"))):
+    for kind, scores in (("grouped", token_logprobs), ("sdpa", lambda m, b: _token_logprobs(m, b, True, False, "stacked"))):
         model.zero_grad(set_to_none=True)
         for batch in batches:
             scores(model, batch).logprobs.sum().backward()
         grads[kind] = lora_grads(model)
     assert inner.config._attn_implementation == "sdpa"
-    assert relative_error(grads["eager"], grads["sdpa"]) < 1e-4
-    assert relative_error(grads["eager"], grads["sdpa"]) > 0  # two kernels really ran
+    assert relative_error(grads["grouped"], grads["sdpa"]) < 1e-4
+    assert relative_error(grads["grouped"], grads["sdpa"]) > 0  # two kernels really ran
