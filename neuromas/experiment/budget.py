@@ -25,7 +25,10 @@ def module_shapes(config: dict) -> dict[str, tuple[int, int]]:
 
 
 def trainable_parameters(plan: Plan, config: dict) -> int:
-    """Every slot's A (r x in) and B (out x r) matrices over every layer and target."""
+    """Every slot's A (r x in) and B (out x r) matrices over every layer and target; a
+    grown plan counts its last stage's slots, which it ends with."""
+    if plan.growth:
+        plan = plan.growth[-1].plan
     shapes = module_shapes(config)
     unknown = [target for target in plan.adapter.targets if target not in shapes]
     if unknown:

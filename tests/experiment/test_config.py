@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import neuromas
 from neuromas.diagnostics import UserError
 from neuromas.experiment.budget import check_matched, trainable_parameters
 from neuromas.experiment.config import load_experiment
@@ -131,3 +132,10 @@ def test_an_arm_is_scored_at_the_end_at_its_stage_starts_and_at_its_eval_at_step
     assert eval_points(experiment, single, []) == [1, 3, 4]  # 9 lies past the end: the end is scored anyway
     assert eval_points(experiment, single, [2]) == [1, 2, 3, 4]
     assert eval_points(experiment, frozen, [2]) == [0]
+
+
+def test_a_grown_arm_counts_the_parameters_it_ends_with():
+    root = Path(__file__).resolve().parents[2]
+    grown = neuromas.compile(root / "experiments/specs/growth_small.nmas")
+    scratch = neuromas.compile(root / "specs/neuromas7.nmas")
+    assert trainable_parameters(grown, SMOLLM2) == trainable_parameters(scratch, SMOLLM2) == 12_902_400
