@@ -33,7 +33,7 @@ import json
 import statistics
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import msgspec
@@ -43,10 +43,8 @@ from transformers import StaticCache
 import neuromas
 from neuromas.plan import Call, Level, Plan
 from neuromas.runtime import Runtime, TransformersBackend, attach_adapters, load_model
-from neuromas.runtime.backends.attention import cpu_attention
 from neuromas.runtime.backends.lora_rows import fp32_output_head
-from neuromas.runtime.backends.packed_linear import packed_linears
-from neuromas.runtime.backends.transformers import BASE_ADAPTER, cache_argument, left_pad
+from neuromas.runtime.backends.transformers import BASE_ADAPTER, cache_argument, left_pad, sampling_kernels
 from neuromas.runtime.generation.rollout import Rollout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -140,7 +138,7 @@ def run_raw(plan: Plan, backend: TransformersBackend, rollout: Rollout, seed: in
         else:  # the backend's mechanisms (adapter rows, kernels, output layer, cache), without the backend
             context, extra = backend.adapter_rows([r.adapter for r in records])
             head = fp32_output_head(model, packed=True)
-            kernels = cpu_kernels(model)
+            kernels = sampling_kernels(model)
             extra[cache_argument()] = StaticCache(
                 config=model.config.get_text_config(), max_cache_len=input_ids.shape[1] + generation.max_tokens
             )
@@ -157,12 +155,6 @@ def run_raw(plan: Plan, backend: TransformersBackend, rollout: Rollout, seed: in
         for row in out[:, input_ids.shape[1] :].tolist():
             tokens += row.index(eos) + 1 if eos in row else len(row)
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": tokens, "calls": calls}
-
-
-@contextmanager
-def cpu_kernels(model):
-    with cpu_attention(model, sampling=True), packed_linears(model):
-        yield
 
 
 def switched_off(feature: str, plan: Plan, backend: TransformersBackend, inputs: list[str], group: int, seed: int) -> dict:

@@ -123,8 +123,9 @@ def fp32_output_head(model: Any, *, packed: bool = False) -> Iterator[None]:
     Its input is made contiguous first: after a prefill the model keeps only the last
     position, a strided view, for which torch's linear copies the whole (vocab x hidden)
     weight once per row (46x the cost on this CPU). The fp32 copy of a bf16 head is made
-    once per weight version, and outside autograd it runs from a packed weight
-    (`packed_linear`). With a bf16 head, the gradient to the hidden states is computed
+    once per weight (`fp32_copy`). With `packed` (sampling) the head runs from a packed
+    weight (`packed_linear`: fp32 sums in another order); the update leaves it off, so
+    that its scoring passes and its gradient pass compute the same logits. With a bf16 head, the gradient to the hidden states is computed
     in bf16 (the dtype of everything below the head); the forward stays fp32.
     """
     head = model.get_output_embeddings()

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,9 +167,8 @@ class TransformersBackend:
         )
         context, extra = self.adapter_rows([r.adapter for r in requests])
         model = self.model
-        attention = cpu_attention(model, sampling=True) if self.cpu_kernels else nullcontext()
-        linears = packed_linears(model) if self.cpu_kernels else nullcontext()
-        with torch.inference_mode(), attention, linears, fp32_output_head(model, packed=self.cpu_kernels):
+        kernels = sampling_kernels(model) if self.cpu_kernels else nullcontext()
+        with torch.inference_mode(), kernels, fp32_output_head(model, packed=self.cpu_kernels):
             if self.share_prompts:  # before `context`: it sets its own rows' adapters
                 self._prefill_shared_prompts(requests, input_ids, attention_mask, cache)
             with context:
@@ -246,6 +245,14 @@ class TransformersBackend:
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return ids
+
+
+@contextmanager
+def sampling_kernels(model: Any) -> Iterator[None]:
+    """The CPU kernels of sampling inside the block: grouped attention for decoding steps
+    and linears from packed weights (each leaves a model on another device alone)."""
+    with cpu_attention(model, sampling=True), packed_linears(model):
+        yield
 
 
 @functools.cache

@@ -54,7 +54,7 @@ def test_values_per_weight_are_made_once_and_dropped_with_the_weight():
     assert not cache._values  # the entry went with its tensor
 
 
-def test_packed_linears_route_frozen_linears_and_restore_them(loaded):
+def test_packed_linears_route_every_linear_but_the_head_and_restore_them(loaded):
     model = loaded.model
     ids = torch.tensor([loaded.tokenizer("What is 2 + 3? Answer with a number.")["input_ids"]])
     with torch.inference_mode():
