@@ -9,7 +9,8 @@ nodes (adapter None) go through the base model (`__base__`) and get no gradient.
 
 Base weights stay frozen in their own dtype (bf16 where the CPU computes it natively,
 so the base's matmuls run in bf16); the adapters are trained in fp32, their deltas are
-computed in fp32, and the output head is computed once in fp32 so that log-probs are
+computed in fp32, and the frozen output head runs in fp32 on the real completion tokens
+only (`head_logprobs`: no (tokens x vocabulary) logits are kept), so that log-probs are
 not rounded to bf16, exactly as during sampling.
 
 Where rows carry the sampler's log-probs, each token's loss is weighted by the truncated
@@ -32,17 +33,17 @@ Other devices keep their kernel.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from ..backends.attention import cpu_attention
-from ..backends.lora_rows import fp32_output_head, row_adapters
+from ..backends.lora_rows import row_adapters
 from ..backends.transformers import cache_argument
 from ..failures import in_phase
+from .head_logprobs import head_logprobs, head_skipped
 from .loss import LossNorm, policy_terms, reduce_loss
 from .packing import (
     BASE_ADAPTER,
@@ -138,12 +139,31 @@ def _token_logprobs(
     def names(adapters: list[str]) -> list[str]:
         return adapters if use_adapters else [BASE_ADAPTER] * len(adapters)
 
+    with head_skipped(model) as head:
+        hidden = _completion_hidden_states(model, batch, names, prefer_peft)  # (B, T, H)
+    mask = batch.completion_mask.bool()  # (B, T)
+    # The policy that sampled each row is softmax(logits / temperature). Its top-p cut is
+    # left out, as is usual for policy-gradient log-probs: the sampled tokens lie inside
+    # the nucleus, and the cut has no gradient.
+    temperature = batch.temperatures.expand(mask.shape)[mask]  # (N,)
+    scores = head_logprobs(hidden[mask], head.weight, head.bias, batch.completion_ids[mask], temperature,
+                           with_entropy=with_entropy)
+    zeros = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    entropy = None if scores.entropy is None else zeros.masked_scatter(mask, scores.entropy)
+    return TokenScores(logprobs=zeros.masked_scatter(mask, scores.logprobs), entropy=entropy)
+
+
+def _completion_hidden_states(
+    model: nn.Module, batch: Batch, names: Callable[[list[str]], list[str]], prefer_peft: bool
+) -> Tensor:
+    """The final hidden states (B, T, H) whose head outputs predict the T completion
+    tokens of each row (the output head skipped)."""
     if isinstance(batch, SharedPromptBatch):
         from transformers import DynamicCache
 
         cache = DynamicCache()
         context, extra = row_adapters(model, names(batch.prefix_adapters), prefer_peft=prefer_peft)
-        with context, fp32_output_head(model):
+        with context:
             model(
                 input_ids=batch.prefix_ids,
                 attention_mask=batch.prefix_mask,
@@ -157,38 +177,27 @@ def _token_logprobs(
             cache.batch_select_indices(batch.row_prefix)  # (U, ...) -> (B, ...), differentiable
         attention_mask = torch.cat([batch.prefix_mask[batch.row_prefix], batch.completion_mask.long()], dim=1)
         context, extra = row_adapters(model, names(batch.adapter_names), prefer_peft=prefer_peft)
-        with context, fp32_output_head(model):
-            logits = model(
+        with context:
+            return model(
                 input_ids=batch.suffix_ids,
                 attention_mask=attention_mask,
                 position_ids=batch.suffix_positions,
                 use_cache=True,
                 **{cache_argument(): cache},
                 **extra,
-            ).logits  # (B, T, V), fp32: position t predicts completion token t
-    else:
-        completion_len = batch.completion_ids.shape[1]
-        context, extra = row_adapters(model, names(batch.adapter_names), prefer_peft=prefer_peft)
-        with context, fp32_output_head(model):
-            logits = model(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-                # The logits at column P - 1 + t predict completion token t: keep T + 1, drop the last.
-                logits_to_keep=completion_len + 1,
-                **extra,
-            ).logits[:, :-1]  # (B, T, V), fp32
-    # The policy that sampled each row is softmax(logits / temperature). Its top-p cut is
-    # left out, as is usual for policy-gradient log-probs: the sampled tokens lie inside
-    # the nucleus, and the cut has no gradient.
-    logits = logits / batch.temperatures.unsqueeze(-1)  # (B, T, V)
-    logprobs = selective_log_softmax(logits, batch.completion_ids)  # (B, T)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits.detach())  # (B, T)
-    return TokenScores(logprobs=logprobs * batch.completion_mask, entropy=entropy)
+            ).logits  # position t predicts completion token t
+    completion_len = batch.completion_ids.shape[1]
+    context, extra = row_adapters(model, names(batch.adapter_names), prefer_peft=prefer_peft)
+    with context:
+        return model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            # The state at column P - 1 + t predicts completion token t: keep T + 1, drop the last.
+            logits_to_keep=completion_len + 1,
+            **extra,
+        ).logits[:, :-1]
 
 
 @torch.no_grad()

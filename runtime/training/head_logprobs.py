@@ -1,0 +1,118 @@
+"""Hidden states of completion tokens -> their log-probs (and entropy) under the frozen
+output head, without ever holding the (tokens x vocabulary) logits.
+
+The update needs, for each completion token, log softmax(h @ W.T / temperature)[token].
+Done plainly, that makes fp32 logits over the whole 49k vocabulary at every padded
+position, and the log-softmax and its backward each pass over them several times: about
+a quarter of a NeuroMAS-3 update on a CPU. Here only the real tokens are computed, a
+chunk of rows at a time (each chunk's logits stay in cache), and since the head is
+frozen the gradient with respect to the hidden state,
+
+    d logp / d h = (W[token] - softmax(logits) @ W) / temperature,
+
+is formed in the same pass. Backward is then one multiply; the logits are neither kept
+nor recomputed.
+
+Numerics are those of sampling: logits in fp32 from the fp32 copy of the head
+(`lora_rows.fp32_copy`), through `packed_linear` on a CPU; softmax @ W in the head's
+own dtype (in bf16 the gradient to the hidden states is a bf16 one, as it would be from
+the bf16 layers below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..backends.lora_rows import fp32_copy
+from ..backends.packed_linear import packed_linear
+
+CHUNK_ROWS = 64  # tokens per chunk: (64, 49152) fp32 logits are 12 MB
+
+
+class HeadScores(NamedTuple):
+    """logprobs: (N,) fp32, with grad to the hidden states when they require it;
+    entropy: (N,) fp32 of the sampling distribution, detached (None unless asked for)."""
+
+    logprobs: Tensor
+    entropy: Tensor | None
+
+
+def head_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    temperature: Tensor,
+    *,
+    with_entropy: bool = False,
+) -> HeadScores:
+    """hidden: (N, H) final hidden states; weight: (V, H) the frozen head (bias: (V,) or
+    None); targets: (N,) the token each row predicts; temperature: (N,) each row's sampling
+    temperature (the logits are divided by it, as the sampler's are)."""
+    scores = _HeadLogprobs.apply(hidden, weight, bias, targets, temperature.float(), with_entropy)
+    logprobs, entropy = scores
+    return HeadScores(logprobs=logprobs, entropy=entropy if with_entropy else None)
+
+
+@contextmanager
+def head_skipped(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the model's output head returns its input, so a forward pass's
+    `.logits` are the final hidden states; yields the head (for `head_logprobs`)."""
+    head = model.get_output_embeddings()
+    head.forward = _identity
+    try:
+        yield head
+    finally:
+        del head.forward
+
+
+def _identity(hidden: Tensor) -> Tensor:
+    return hidden
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                temperature: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor]:
+        weight_fp32 = weight if weight.dtype == torch.float32 else fp32_copy(weight)
+        bias_fp32 = None if bias is None else bias.float()
+        needs_grad = ctx.needs_input_grad[0]
+        rows = hidden.shape[0]
+        logprobs = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+        entropy = torch.empty(rows if with_entropy else 0, dtype=torch.float32, device=hidden.device)
+        slope = torch.empty((rows, hidden.shape[1]) if needs_grad else (0,), dtype=torch.float32,
+                            device=hidden.device)  # d logprob / d hidden
+        for start in range(0, rows, CHUNK_ROWS):
+            chunk = slice(start, min(start + CHUNK_ROWS, rows))
+            divisor = temperature[chunk].unsqueeze(1)  # (n, 1)
+            logits = packed_linear(hidden[chunk].float().contiguous(), weight_fp32, bias_fp32).div_(divisor)  # (n, V)
+            target = targets[chunk].unsqueeze(1)  # (n, 1)
+            normaliser = torch.logsumexp(logits, dim=1, keepdim=True)  # (n, 1)
+            logprobs[chunk] = (logits.gather(1, target) - normaliser).squeeze(1)
+            if not (with_entropy or needs_grad):
+                continue
+            log_probs = logits.sub_(normaliser)  # (n, V), in place: the logits are not needed again
+            if with_entropy:  # H = -E_p[log p]: non-negative terms, no cancellation
+                probs = log_probs.exp()
+                entropy[chunk] = -(probs * log_probs).sum(dim=1)
+            else:
+                probs = log_probs.exp_()
+            if needs_grad:
+                mean_row = (probs.to(weight.dtype) @ weight).float()  # (n, H): E_p[W]
+                slope[chunk] = (weight_fp32[targets[chunk]] - mean_row) / divisor
+        if needs_grad:
+            ctx.save_for_backward(slope)
+        ctx.hidden_dtype = hidden.dtype
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logprobs: Tensor, _grad_entropy: Tensor) -> tuple[Any, ...]:
+        (slope,) = ctx.saved_tensors
+        grad_hidden = (grad_logprobs.unsqueeze(1) * slope).to(ctx.hidden_dtype)
+        return grad_hidden, None, None, None, None, None
