@@ -9,9 +9,11 @@ costs as much again. Here the query heads of one key/value head are stacked alon
     scores  = (q: (B, Hkv, G*T, D)) @ (k: (B, Hkv, D, L))      # G = query heads per kv head
     output  = softmax(scores * scale + mask) @ (v: (B, Hkv, L, D))
 
-the same products as eager attention without the copies (bitwise its output): 0.2-0.8
-ms a layer at those sizes, and a backward of plain matmuls. The mask is eager attention's additive
-one; the softmax runs in fp32, as eager's does. The update uses it for every pass (its
+the same products as eager attention without the copies: 0.2-0.8 ms a layer at those
+sizes, and a backward of plain matmuls. The mask is eager attention's additive one. The
+softmax reads and writes the scores' dtype: torch's CPU kernel sums in fp32 either way,
+and in bf16 its output is eager's (an fp32 softmax rounded to bf16) but for one element in
+10^5, one unit in the last place apart, at half the cost of eager's casts forward and back. The update uses it for every pass (its
 scoring passes must match its gradient pass); sampling uses it for decoding steps and
 torch's kernel for prefills (`sampling_attention`). `cpu_attention(model)` switches a
 model to one of them inside a block when the model is on a CPU; other devices keep
@@ -47,11 +49,13 @@ def grouped_attention(
     kv_heads, positions = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     # (B, Hkv, G*T, D): a copy of the queries only; keys and values are used in place
-    grouped = query.reshape(batch, kv_heads, groups * length, dim)
-    scores = torch.matmul(grouped, key.transpose(-1, -2)) * scaling  # (B, Hkv, G*T, L)
+    # The scaling goes on the queries, the smaller tensor (exact when it is a power of two,
+    # as for head size 64); the product is a new tensor, so the mask is added in place.
+    grouped = (query * scaling).reshape(batch, kv_heads, groups * length, dim)
+    scores = torch.matmul(grouped, key.transpose(-1, -2))  # (B, Hkv, G*T, L)
     if attention_mask is not None:
-        scores = scores.view(batch, kv_heads, groups, length, positions) + attention_mask[:, :, None, :, :positions]
-    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        scores.view(batch, kv_heads, groups, length, positions).add_(attention_mask[:, :, None, :, :positions])
+    weights = nn.functional.softmax(scores, dim=-1)  # in the scores' dtype, summed in fp32
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights.view(batch, kv_heads, groups * length, positions), value)
     output = output.view(batch, heads, length, dim).transpose(1, 2).contiguous()

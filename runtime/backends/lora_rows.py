@@ -69,6 +69,7 @@ def stacked_lora_rows(model: Any, adapter_names: Sequence[str]) -> Iterator[None
     """Within the block, row i of every forward pass uses adapter `adapter_names[i]`
     ("__base__" for none). The batch must keep B = len(adapter_names) rows."""
     adapters = sorted({name for name in adapter_names if name != BASE_ADAPTER})
+    as_fp32 = _LastFp32Copy()
     patched = []
     try:
         for module in lora_layers(model):
@@ -76,12 +77,27 @@ def stacked_lora_rows(model: Any, adapter_names: Sequence[str]) -> Iterator[None
             # Every layer is patched: one untouched would apply peft's active adapter to all rows.
             # (A function, not the base Linear itself: assigning a Module would register it
             # as a child named "forward" and leave the class's forward in charge.)
-            module.forward = _stacked_forward(module, present, adapter_names) if present else _base_forward(module)
+            module.forward = _stacked_forward(module, present, adapter_names, as_fp32) if present else _base_forward(module)
             patched.append(module)
         yield
     finally:
+        as_fp32.last = None
         for module in patched:
             del module.forward  # back to the class's forward
+
+
+class _LastFp32Copy:
+    """x -> x in fp32, the copy made once for consecutive calls on the same tensor (the
+    q, k and v projections read one input: one cast, and in backward one gradient cast)."""
+
+    def __init__(self) -> None:
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.last is not None and self.last[0] is x:
+            return self.last[1]
+        self.last = (x, x.float())
+        return self.last[1]
 
 
 def _base_forward(module: Any) -> Any:
@@ -93,7 +109,7 @@ def _base_forward(module: Any) -> Any:
     return forward
 
 
-def _stacked_forward(module: Any, present: Sequence[str], adapter_names: Sequence[str]) -> Any:
+def _stacked_forward(module: Any, present: Sequence[str], adapter_names: Sequence[str], as_fp32: _LastFp32Copy) -> Any:
     weights_a = [module.lora_A[name].weight for name in present]  # each (r, in)
     a_stack = torch.cat([w.float() for w in weights_a], dim=0)  # (R, in)
     weights_b = [module.lora_B[name].weight.float() * module.scaling[name] for name in present]  # each (out, r)
@@ -109,7 +125,7 @@ def _stacked_forward(module: Any, present: Sequence[str], adapter_names: Sequenc
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = base_layer(x, *args, **kwargs)
         mask = row_mask if x.dim() == 3 else row_mask[:, 0]
-        delta = ((x.float() @ a_t) * mask) @ b_t  # fp32 whatever the base dtype
+        delta = ((as_fp32(x) @ a_t) * mask) @ b_t  # fp32 whatever the base dtype
         return result + delta.to(result.dtype)
 
     return forward

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..backends.lora_rows import fp32_copy
 from ..backends.packed_linear import packed_linear
 
-CHUNK_ROWS = 64  # tokens per chunk: (64, 49152) fp32 logits are 12 MB
+CHUNK_ROWS = 128  # tokens per chunk: (128, 49152) fp32 logits are 25 MB; 64 rows run 25% slower
 
 
 class HeadScores(NamedTuple):

@@ -69,8 +69,9 @@ def test_packed_linears_route_every_linear_but_the_head_and_restore_them(loaded)
 
 
 def test_grouped_attention_is_eager_attention_without_its_copies(loaded):
-    """Bitwise eager's output in the model's own dtype; torch's kernel differs by rounding only.
-    The sampling form runs decoding steps grouped and prefills through torch's kernel."""
+    """Eager's output up to a rare last-place rounding of the bf16 softmax (bitwise in fp32);
+    torch's kernel differs by rounding only. The sampling form runs decoding steps grouped
+    and prefills through torch's kernel."""
     model = loaded.model
     torch.manual_seed(1)
     ids = torch.randint(0, 40_000, (3, 40))
@@ -92,7 +93,8 @@ def test_grouped_attention_is_eager_attention_without_its_copies(loaded):
             assert model.config._attn_implementation == SAMPLING_NAME
             sampling_prefill = model(input_ids=ids, attention_mask=mask).logits
         assert model.config._attn_implementation == "sdpa"
-    assert torch.equal(grouped[keep], eager[keep])
+    # measured: 0.006 from eager on average against torch's kernel's 0.14
+    assert (grouped[keep].float() - eager[keep].float()).abs().mean() < 0.03
     assert torch.equal(sampling_prefill[keep], sdpa[keep])
     # bf16 logits near 20 are spaced 0.125 apart: rounding moves them ~0.16 on average; a
     # wrong mask or head grouping moves them by whole units
