@@ -12,9 +12,10 @@ costs as much again. Here the query heads of one key/value head are stacked alon
 the same products as eager attention without the copies: 0.2-0.8 ms a layer at those
 sizes, and a backward of plain matmuls. The mask is eager attention's additive one. The
 softmax reads and writes the scores' dtype: torch's CPU kernel sums in fp32 either way,
-and in bf16 its output is eager's (an fp32 softmax rounded to bf16) but for one element in
-10^5, one unit in the last place apart, at half the cost of eager's casts forward and back. The update uses it for every pass (its
-scoring passes must match its gradient pass); sampling uses it for decoding steps and
+and in bf16 its output is eager's (an fp32 softmax rounded to bf16) but for one element
+in 10^5, one unit in the last place apart, at half the cost of eager's casts forward
+and back. The update uses it for every pass (its scoring passes must match its
+gradient pass); sampling uses it for decoding steps and
 torch's kernel for prefills (`sampling_attention`). `cpu_attention(model)` switches a
 model to one of them inside a block when the model is on a CPU; other devices keep
 their kernel.

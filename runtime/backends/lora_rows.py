@@ -10,10 +10,10 @@ call; a fixed (B, 1, sum of ranks) row mask keeps, for each row, only its own ad
 
     delta = ((x @ A_stack.T) * row_mask) @ B_stack.T        # x: (B, T, in), in fp32
 
-The deltas are computed in fp32 (the adapters' dtype) whatever the base dtype, and
-the output head in fp32 on the base's hidden states (`fp32_output_head`), both in
-generation and in the update, so the sampler and the trained policy differ only by
-the base model's own rounding. The stacks are built from peft's weights when the
+The deltas are computed in fp32 (the adapters' dtype) whatever the base dtype, in
+generation and in the update; the output head runs in fp32 on the base's hidden states
+in both (`fp32_output_head` when sampling, `training.head_logprobs` in the update), so
+the sampler and the trained policy differ only by the base model's own rounding. The stacks are built from peft's weights when the
 block starts (so training updates show, and gradients flow back to them when grad is
 on); nothing of peft's state changes, and leaving the block restores its forward.
 Only vanilla LoRA on Linear layers is computed this way; `supports_stacking` says when
@@ -139,10 +139,8 @@ def fp32_output_head(model: Any, *, packed: bool = False) -> Iterator[None]:
     Its input is made contiguous first: after a prefill the model keeps only the last
     position, a strided view, for which torch's linear copies the whole (vocab x hidden)
     weight once per row (46x the cost on this CPU). The fp32 copy of a bf16 head is made
-    once per weight (`fp32_copy`). With `packed` (sampling) the head runs from a packed
-    weight (`packed_linear`: fp32 sums in another order); the update leaves it off, so
-    that its scoring passes and its gradient pass compute the same logits. With a bf16 head, the gradient to the hidden states is computed
-    in bf16 (the dtype of everything below the head); the forward stays fp32.
+    once per weight (`fp32_copy`). With `packed` the head runs from a packed weight
+    (`packed_linear`: fp32 sums in another order), as `training.head_logprobs` does.
     """
     head = model.get_output_embeddings()
     if head is None:
@@ -154,11 +152,8 @@ def fp32_output_head(model: Any, *, packed: bool = False) -> Iterator[None]:
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden.contiguous()
-        if packed:
-            return packed_linear(hidden.float(), weight_fp32, bias_fp32)
-        if weight.dtype == torch.float32:
-            return F.linear(hidden, weight, bias)
-        return _Fp32Head.apply(hidden, weight, weight_fp32, bias_fp32)
+        linear = packed_linear if packed else F.linear
+        return linear(hidden.float(), weight_fp32, bias_fp32)
 
     head.forward = forward
     try:
@@ -169,19 +164,3 @@ def fp32_output_head(model: Any, *, packed: bool = False) -> Iterator[None]:
 
 fp32_copy = PerWeight(lambda weight: weight.float())  # a frozen weight's fp32 copy, made once
 
-
-class _Fp32Head(torch.autograd.Function):
-    """logits = hidden @ W.T in fp32 (W bf16, frozen); backward: grad @ W in W's dtype."""
-
-    @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, weight_fp32: torch.Tensor,
-                bias_fp32: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        ctx.hidden_dtype = hidden.dtype
-        return F.linear(hidden.float(), weight_fp32, bias_fp32)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        (weight,) = ctx.saved_tensors
-        grad_hidden = (grad.to(weight.dtype) @ weight).to(ctx.hidden_dtype)
-        return grad_hidden, None, None, None

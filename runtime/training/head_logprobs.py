@@ -91,18 +91,14 @@ class _HeadLogprobs(torch.autograd.Function):
             chunk = slice(start, min(start + CHUNK_ROWS, rows))
             divisor = temperature[chunk].unsqueeze(1)  # (n, 1)
             logits = packed_linear(hidden[chunk].float().contiguous(), weight_fp32, bias_fp32).div_(divisor)  # (n, V)
-            target = targets[chunk].unsqueeze(1)  # (n, 1)
-            normaliser = torch.logsumexp(logits, dim=1, keepdim=True)  # (n, 1)
-            logprobs[chunk] = (logits.gather(1, target) - normaliser).squeeze(1)
-            if not (with_entropy or needs_grad):
-                continue
-            log_probs = logits.sub_(normaliser)  # (n, V), in place: the logits are not needed again
+            log_probs = logits.sub_(torch.logsumexp(logits, dim=1, keepdim=True))  # (n, V), in place
+            logprobs[chunk] = log_probs.gather(1, targets[chunk].unsqueeze(1)).squeeze(1)
             if with_entropy:  # H = -E_p[log p]: non-negative terms, no cancellation
                 probs = log_probs.exp()
                 entropy[chunk] = -(probs * log_probs).sum(dim=1)
-            else:
-                probs = log_probs.exp_()
             if needs_grad:
+                if not with_entropy:
+                    probs = log_probs.exp_()
                 mean_row = (probs.to(weight.dtype) @ weight).float()  # (n, H): E_p[W]
                 slope[chunk] = (weight_fp32[targets[chunk]] - mean_row) / divisor
         if needs_grad:
