@@ -35,10 +35,9 @@ def task(tmp_path):
     return load_task(f"jsonl:{path}", TaskOptions(input_names=("question",)))
 
 
-def vowel_share(answer, example) -> float:
-    """A graded reward that varies between samples, so every step has a signal."""
-    letters = [c for c in answer.text.lower() if c.isalpha()]
-    return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
+def text_code(answer, example) -> float:
+    """A graded reward that tells almost any two texts apart, so every group of distinct samples has a signal."""
+    return sum(map(ord, answer.text)) % 101 / 100
 
 
 def _run(loaded, task, out, steps, resume=False, spec=SPEC, evaluation=None, score=None):
@@ -94,9 +93,9 @@ def _lora(model) -> dict[str, torch.Tensor]:
 def test_resume_inside_a_grown_stage_is_exact(loaded, task, tmp_path):
     """The grown model lists old slots before new ones; the model rebuilt on resume lists them
     in plan order. AdamW's moments must follow the names, so step 4 is the uninterrupted one."""
-    straight, _ = _run(loaded, task, tmp_path / "straight", steps=4, score=vowel_share)
-    _run(loaded, task, tmp_path / "split", steps=3, score=vowel_share)  # grows at step 2, trains step 3 grown
-    resumed, rows = _run(loaded, task, tmp_path / "split", steps=4, resume=True, score=vowel_share)
+    straight, _ = _run(loaded, task, tmp_path / "straight", steps=4, score=text_code)
+    _run(loaded, task, tmp_path / "split", steps=3, score=text_code)  # grows at step 2, trains step 3 grown
+    resumed, rows = _run(loaded, task, tmp_path / "split", steps=4, resume=True, score=text_code)
     assert [row["stage"] for row in rows] == ["wide"] and resumed.state.step == 4
     assert _metrics(tmp_path / "split") == _metrics(tmp_path / "straight")
     want, got = _lora(straight.model), _lora(resumed.model)
