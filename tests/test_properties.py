@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/strategies.py 
 from strategies import Net, System, levels, node_reads, reaching, systems  # noqa: E402
 
 SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.nmas"))
-MUTATION_EXAMPLES = 2500
+MUTATION_EXAMPLES = 1000
 
 
 def examples(n: int) -> settings:

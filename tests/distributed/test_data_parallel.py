@@ -46,6 +46,7 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # about 55 s: in CI's slow run (.ci/run)
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun (installed with torch) is not on PATH")
 def test_two_ranks_take_the_single_process_step(tmp_path):
     single, parallel = tmp_path / "single", tmp_path / "parallel"

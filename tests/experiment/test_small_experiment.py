@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # about 65 s: in CI's slow run (.ci/run)
 def test_a_two_arm_experiment_trains_scores_and_writes_its_table(tmp_path):
     file = tmp_path / "small.toml"
     file.write_text(f"""

@@ -313,6 +313,7 @@ def crash_and_resume(tmp_path: Path, base_model, *, steps: int, kills: int, seed
     return tally
 
 
+@pytest.mark.slow
 def test_kills_during_training_lose_nothing(tmp_path, base_model):
     """Three kills (early, when the checkpoint staging folder appears, after a random
     delay) and a resume to the end: about 60-90 s on an idle 2-core machine."""
@@ -357,6 +358,7 @@ def test_a_kill_inside_a_grown_stage_then_resume_equals_the_uninterrupted_run(tm
         assert_same_adapters(checkpoint, reference.out / "checkpoints" / checkpoint.name)
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path):
     """A resume launched while a run is training exits 1 naming the holder; the first run
     goes on and logs every step once. Two launches: about 40 s on an idle 2-core machine."""
@@ -401,6 +403,7 @@ def stop_with(setup: Setup, argv: list[str], out: Path, signum: int) -> tuple[in
     return process.returncode, stderr
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigint_stop_cleanly_and_resume(tmp_path):
     """SIGTERM, then a resume stopped by SIGINT: each finishes its step, checkpoints it
     (although --save-every is far off) and says how to resume. Three steps, two launches:
