@@ -15,10 +15,9 @@ softmax reads and writes the scores' dtype: torch's CPU kernel sums in fp32 eith
 and in bf16 its output is eager's (an fp32 softmax rounded to bf16) but for one element
 in 10^5, one unit in the last place apart, at half the cost of eager's casts forward
 and back. The update uses it for every pass (its scoring passes must match its
-gradient pass); sampling uses it for decoding steps and
-torch's kernel for prefills (`sampling_attention`). `cpu_attention(model)` switches a
-model to one of them inside a block when the model is on a CPU; other devices keep
-their kernel.
+gradient pass); sampling uses it for decoding steps and torch's kernel for prefills
+(`sampling_attention`). `cpu_attention(model)` switches a model to one of them inside a
+block when the model is on a CPU; other devices keep their kernel.
 """
 
 from __future__ import annotations

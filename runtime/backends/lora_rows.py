@@ -13,9 +13,10 @@ call; a fixed (B, 1, sum of ranks) row mask keeps, for each row, only its own ad
 The deltas are computed in fp32 (the adapters' dtype) whatever the base dtype, in
 generation and in the update; the output head runs in fp32 on the base's hidden states
 in both (`fp32_output_head` when sampling, `training.head_logprobs` in the update), so
-the sampler and the trained policy differ only by the base model's own rounding. The stacks are built from peft's weights when the
-block starts (so training updates show, and gradients flow back to them when grad is
-on); nothing of peft's state changes, and leaving the block restores its forward.
+the sampler and the trained policy differ only by the base model's own rounding. The
+stacks are built from peft's weights when the block starts (so training updates show,
+and gradients flow back to them when grad is on); nothing of peft's state changes, and
+leaving the block restores its forward.
 Only vanilla LoRA on Linear layers is computed this way; `supports_stacking` says when
 a model uses anything else (DoRA, LoRA biases, merged weights), so callers fall back to peft.
 """

@@ -36,7 +36,8 @@ def task(tmp_path):
 
 
 def text_code(answer, example) -> float:
-    """A graded reward that tells almost any two texts apart, so every group of distinct samples has a signal."""
+    """A graded reward that tells almost any two texts apart: every group of distinct
+    samples has a signal."""
     return sum(map(ord, answer.text)) % 101 / 100
 
 
