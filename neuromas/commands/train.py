@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from tqdm import tqdm
 
+    from neuromas.runtime.training import distributed
     from neuromas.runtime.training.stop import StopSignals
 
     with StopSignals() as stop, tqdm(total=settings.steps, unit="step", file=sys.stderr, desc="train",
@@ -130,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(session.state.step)
             train(session, on_step=show, stop=stop)
     session.close()
+    distributed.shutdown()  # under torchrun: every rank leaves the job together
     if stop.requested and session.state.step < settings.steps:
         print(f"stopped at step {session.state.step}; resume with: {resume_command()}", file=sys.stderr)
         return stop.exit_code

@@ -10,7 +10,8 @@ then the ranks agree on everything that must be global:
     the gradient a single process would get on all the step's samples;
   * gradients are averaged before clipping and the optimiser step, so every rank
     clips by the same norm and takes the same step: the adapters stay identical;
-  * rank 0 alone writes metrics and checkpoints; the others wait at a barrier.
+  * rank 0 alone writes metrics and checkpoints; the others wait at a barrier;
+  * at the end every rank leaves together (`shutdown`).
 
 Without torchrun (no WORLD_SIZE, or a world of 1) `current()` is None, torch.distributed
 is never initialised, and training runs exactly as a single process.
@@ -107,6 +108,19 @@ class DataParallel:
 
     def barrier(self) -> None:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the job at the end of a run that succeeded on every rank: wait for all of
+    them, then destroy the process group. A process that exits with the group alive can
+    hang or abort in gloo's teardown. Nothing to do outside torchrun. (After a failure,
+    skip it: the barrier would wait for ranks that torchrun is about to stop.)"""
+    global _group
+    if _group is None:
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    _group = None
 
 
 def init_from_env() -> DataParallel | None:

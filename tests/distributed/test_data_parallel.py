@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +39,12 @@ def _env() -> dict[str, str]:
 
 
 def _check(process: subprocess.Popen, what: str) -> None:
-    output, _ = process.communicate(timeout=TIMEOUT_S)
+    try:
+        output, _ = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # torchrun and its ranks: a session of their own
+        output, _ = process.communicate()
+        pytest.fail(f"{what} did not finish in {TIMEOUT_S} s; its output:\n{output[-4000:]}")
     assert process.returncode == 0, f"{what} failed:\n{output[-4000:]}"
 
 
@@ -50,7 +56,8 @@ def _metrics(out: Path) -> list[dict]:
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun (installed with torch) is not on PATH")
 def test_two_ranks_take_the_single_process_step(tmp_path):
     single, parallel = tmp_path / "single", tmp_path / "parallel"
-    run = dict(cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = dict(cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+               start_new_session=True)
     reference = subprocess.Popen([sys.executable, str(WORKER), str(single)], **run)
     ranks = subprocess.Popen(
         ["torchrun", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import faulthandler
 import sys
 from pathlib import Path
 
@@ -94,7 +95,11 @@ class ReplayRuntime:
         return dataclasses.replace(self.recorded, inputs=[dict(v) for v in inputs], samples=samples)
 
 
+HANG_S = 240  # under the test's limit: a hung process prints where each thread is, then exits
+
+
 def main(out: Path) -> None:
+    faulthandler.dump_traceback_later(HANG_S, exit=True)
     torch.set_num_threads(1)
     group = distributed.init_from_env()
     rank = 0 if group is None else group.rank
@@ -113,10 +118,13 @@ def main(out: Path) -> None:
         return start_session(plan, runtime, task, settings, out, score=score, resume=resume)
 
     train(session(1, resume=False))
+    print(f"rank {rank}: step 1 done", flush=True)
     final = session(2, resume=True)
     train(final)
+    print(f"rank {rank}: step 2 done", flush=True)
     lora = {name: p.detach().clone() for name, p in final.model.named_parameters() if "lora_" in name}
     torch.save(lora, out / f"adapters-rank{rank}.pt")
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
