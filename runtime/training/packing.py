@@ -1,11 +1,13 @@
 """(sample, node) completions -> padded micro-batches for the update, in one of two layouts.
 
-Shared-prompt layout (`SharedPromptBatch`, the default): the G samples of a level-0 node
-in one GRPO group have the same prompt and adapter. Each distinct (prompt, adapter)
-goes through the model once, as a "prefix" (the prompt but its last token); its keys
-and values are then reused, with gradients flowing back through them, by every row
-that shares it. A row's own pass reads the prompt's last token and the completion but
-its last token, so its T logits predict exactly the T completion tokens.
+Shared-prompt layout (`SharedPromptBatch`, the default): rows of one adapter whose
+prompts start alike share that start, a "prefix", which goes through the model once;
+its keys and values are then reused, with gradients flowing back through them, by every
+row of the cluster. The G samples of a level-0 node in one GRPO group have the very same
+prompt (the prefix is all of it but its last token); a later level's prompts differ in
+the upstream texts but share the question and the template. A row's own pass reads the
+rest of its prompt and its completion but the last token, so the states from the
+prompt's last token on (T of them) predict exactly the T completion tokens.
 
 Full-sequence layout (`MicroBatch`): every row carries its whole prompt and completion
 (the layout before prompt sharing; kept for rows with a one-token prompt, and to
@@ -97,14 +99,15 @@ def _selected(values: Tensor | None, index: Tensor, width: int) -> Tensor | None
 
 
 class SharedPromptBatch(NamedTuple):
-    """Rows whose prompts are computed once per distinct (prompt, adapter).
+    """Rows whose prompts' common starts are computed once per (prefix, adapter).
 
-    prefix_ids, prefix_mask, prefix_positions: (U, P), the U distinct prompts but their
-    last token, left-padded; prefix_adapters: U names; row_prefix: (B,) the prefix of
-    each row. suffix_ids, suffix_positions: (B, T), each row's last prompt token and its
-    completion but the last token, right-padded. completion_ids, completion_mask: (B, T);
-    temperatures: (B, 1); adapter_names: B names; rows: indices into the step's rows;
-    sampler_logprobs: (B, T), or None when a row has none.
+    prefix_ids, prefix_mask, prefix_positions: (U, P), the U prefixes, left-padded;
+    prefix_adapters: U names; row_prefix: (B,) the prefix of each row. suffix_ids,
+    suffix_mask, suffix_positions: (B, R + T - 1), each row's rest of its prompt
+    (left-padded to R, at least its last token) and its completion but the last token
+    (right-padded). completion_ids, completion_mask: (B, T); temperatures: (B, 1);
+    adapter_names: B names; rows: indices into the step's rows; sampler_logprobs:
+    (B, T), or None when a row has none.
     """
 
     rows: tuple[int, ...]
@@ -114,12 +117,18 @@ class SharedPromptBatch(NamedTuple):
     prefix_adapters: list[str]
     row_prefix: Tensor
     suffix_ids: Tensor
+    suffix_mask: Tensor
     suffix_positions: Tensor
     completion_ids: Tensor
     completion_mask: Tensor
     temperatures: Tensor
     adapter_names: list[str]
     sampler_logprobs: Tensor | None = None
+
+    @property
+    def rest_len(self) -> int:
+        """R: the suffix's prompt columns; the states from column R - 1 on predict the completions."""
+        return self.suffix_ids.shape[1] - self.completion_ids.shape[1] + 1
 
     @property
     def padded_tokens(self) -> int:
@@ -135,8 +144,10 @@ class SharedPromptBatch(NamedTuple):
         renumber = {old: new for new, old in enumerate(used)}
         prefix_index = torch.tensor(used, dtype=torch.long)
         prefix_mask = self.prefix_mask[prefix_index]
-        first = int(prefix_mask.any(dim=0).nonzero().min().item()) if prefix_mask.any() else prefix_mask.shape[1]
+        first = _first_used_column(prefix_mask)
         completion_len = int(self.completion_mask[index].sum(dim=1).max().item())
+        rest_first = _first_used_column(self.suffix_mask[index, : self.rest_len])
+        suffix_end = self.rest_len + completion_len - 1
         return self._replace(
             rows=tuple(self.rows[i] for i in positions),
             prefix_ids=self.prefix_ids[prefix_index, first:],
@@ -144,14 +155,21 @@ class SharedPromptBatch(NamedTuple):
             prefix_positions=self.prefix_positions[prefix_index, first:],
             prefix_adapters=[self.prefix_adapters[i] for i in used],
             row_prefix=torch.tensor([renumber[p] for p in self.row_prefix[index].tolist()], dtype=torch.long),
-            suffix_ids=self.suffix_ids[index, :completion_len],
-            suffix_positions=self.suffix_positions[index, :completion_len],
+            suffix_ids=self.suffix_ids[index, rest_first:suffix_end],
+            suffix_mask=self.suffix_mask[index, rest_first:suffix_end],
+            suffix_positions=self.suffix_positions[index, rest_first:suffix_end],
             completion_ids=self.completion_ids[index, :completion_len],
             completion_mask=self.completion_mask[index, :completion_len],
             temperatures=self.temperatures[index],
             adapter_names=[self.adapter_names[i] for i in positions],
             sampler_logprobs=_selected(self.sampler_logprobs, index, completion_len),
         )
+
+
+def _first_used_column(mask: Tensor) -> int:
+    """The first column some row of a left-padded (N, W) mask uses (W when none does)."""
+    used = mask.any(dim=0).nonzero()
+    return int(used.min().item()) if len(used) else mask.shape[1]
 
 
 Batch = MicroBatch | SharedPromptBatch
@@ -199,31 +217,85 @@ def _pack_full(rows: Sequence[CompletionRow], members: list[int], token_budget: 
     return batches
 
 
-def _prompt_key(row: CompletionRow) -> tuple[tuple[int, ...], str | None]:
-    return tuple(row.prompt_ids), row.adapter
+class PromptCluster(NamedTuple):
+    """Rows of one adapter whose prompts share their first `prefix_len` tokens (fewer than
+    any of the prompts has: every row keeps at least its prompt's last token)."""
+
+    adapter: str | None
+    prefix_len: int
+    members: list[int]
+
+
+def prompt_clusters(rows: Sequence[CompletionRow], members: Sequence[int]) -> list[PromptCluster]:
+    """The rows at `members` in clusters of shared prompt starts, chosen to pad the fewest
+    tokens. Each adapter's distinct prompts are sorted, so that prompts with a long common
+    start are neighbours; cutting between neighbours whose common start is under a
+    threshold gives one clustering per threshold, from one prompt per cluster (a GRPO
+    group's identical prompts) to long runs sharing a template. The one chosen has the
+    fewest padded tokens, U x P for the prefixes plus B x (R + T - 1) for the rows."""
+    by_adapter: dict[str | None, dict[tuple[int, ...], list[int]]] = {}
+    for index in members:
+        by_adapter.setdefault(rows[index].adapter, {}).setdefault(tuple(rows[index].prompt_ids), []).append(index)
+    prompts = {adapter: sorted(groups) for adapter, groups in by_adapter.items()}
+    shared = {adapter: [_common_start(a, b) for a, b in zip(ordered, ordered[1:])] for adapter, ordered in prompts.items()}
+    thresholds = sorted({length for lengths in shared.values() for length in lengths if length > 0} | {2**62},
+                        reverse=True)  # one prompt per cluster first, so a tie keeps it
+
+    def clustering(threshold: int) -> list[PromptCluster]:
+        clusters = []
+        for adapter, ordered in prompts.items():
+            run = [0]
+            for position in range(1, len(ordered) + 1):
+                if position < len(ordered) and shared[adapter][position - 1] >= threshold:
+                    run.append(position)
+                    continue
+                common = min((shared[adapter][i] for i in run[:-1]), default=len(ordered[run[0]]))
+                prefix_len = min(common, min(len(ordered[i]) for i in run) - 1)
+                clusters.append(PromptCluster(adapter, prefix_len,
+                                              [index for i in run for index in by_adapter[adapter][ordered[i]]]))
+                run = [position]
+        return clusters
+
+    return min((clustering(threshold) for threshold in thresholds), key=lambda clusters: _padded(rows, clusters))
+
+
+def _common_start(a: Sequence[int], b: Sequence[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def _padded(rows: Sequence[CompletionRow], clusters: Sequence[PromptCluster]) -> int:
+    """Padded tokens of one SharedPromptBatch of these clusters: U x P + B x (R + T - 1)."""
+    members = [(index, cluster.prefix_len) for cluster in clusters for index in cluster.members]
+    prefix = max(cluster.prefix_len for cluster in clusters)
+    rest = max(len(rows[index].prompt_ids) - prefix_len for index, prefix_len in members)
+    completion = max(len(rows[index].completion_ids) for index, _ in members)
+    return len(clusters) * prefix + len(members) * (rest + completion - 1)
 
 
 def _pack_shared(rows: Sequence[CompletionRow], members: list[int], token_budget: int) -> list[SharedPromptBatch]:
-    # Longest prompts first, a prompt's rows together, longest completions first within it.
-    groups: dict[tuple, list[int]] = {}
-    for index in members:
-        groups.setdefault(_prompt_key(rows[index]), []).append(index)
-    ordered = sorted(groups.values(), key=lambda group: (-len(rows[group[0]].prompt_ids), group[0]))
-    batches, current, prefixes = [], [], set()
+    if not members:
+        return []
+    # Longest prefixes first, a cluster's rows together, longest completions first within it.
+    clusters = sorted(prompt_clusters(rows, members), key=lambda cluster: (-cluster.prefix_len, cluster.members[0]))
+    batches, current, used = [], [], set()
     prefix_len = suffix_len = 0
-    for group in ordered:
-        for index in sorted(group, key=lambda i: (-len(rows[i].completion_ids), i)):
+    for number, cluster in enumerate(clusters):
+        for index in sorted(cluster.members, key=lambda i: (-len(rows[i].completion_ids), i)):
             row = rows[index]
-            key = _prompt_key(row)
-            new_prefixes = len(prefixes | {key})
-            new_prefix = max(prefix_len, len(row.prompt_ids) - 1)
-            new_suffix = max(suffix_len, len(row.completion_ids))
-            if current and new_prefixes * new_prefix + (len(current) + 1) * new_suffix > token_budget:
+            rest = len(row.prompt_ids) - cluster.prefix_len
+            new_prefix = max(prefix_len, cluster.prefix_len)
+            new_suffix = max(suffix_len, rest + len(row.completion_ids) - 1)
+            if current and len(used | {number}) * new_prefix + (len(current) + 1) * new_suffix > token_budget:
                 batches.append(collate_shared(rows, current))
-                current, prefixes = [], set()
-                new_prefix, new_suffix = len(row.prompt_ids) - 1, len(row.completion_ids)
+                current, used = [], set()
+                new_prefix, new_suffix = cluster.prefix_len, rest + len(row.completion_ids) - 1
             current.append(index)
-            prefixes.add(key)
+            used.add(number)
             prefix_len, suffix_len = new_prefix, new_suffix
     if current:
         batches.append(collate_shared(rows, current))
@@ -284,33 +356,39 @@ def collate(rows: Sequence[CompletionRow], indices: Sequence[int], pad_id: int =
 
 
 def collate_shared(rows: Sequence[CompletionRow], indices: Sequence[int], pad_id: int = 0) -> SharedPromptBatch:
-    """Pad the chosen rows (prompts of two tokens or more) into one SharedPromptBatch."""
+    """Pad the chosen rows (prompts of two tokens or more) into one SharedPromptBatch, their
+    prompts in `prompt_clusters`."""
     chosen = [rows[i] for i in indices]
-    keys: dict[tuple, int] = {}
-    for row in chosen:
-        keys.setdefault(_prompt_key(row), len(keys))
-    prefixes = [key[0][:-1] for key in keys]
+    clusters = prompt_clusters(rows, indices)
+    cluster_of = {index: number for number, cluster in enumerate(clusters) for index in cluster.members}
+    prefixes = [rows[cluster.members[0]].prompt_ids[: cluster.prefix_len] for cluster in clusters]
     prefix_len = max(len(prefix) for prefix in prefixes)
     prefix_ids = torch.full((len(prefixes), prefix_len), pad_id, dtype=torch.long)  # (U, P)
     prefix_mask = torch.zeros_like(prefix_ids)
     for u, prefix in enumerate(prefixes):
-        prefix_ids[u, prefix_len - len(prefix) :] = torch.tensor(prefix)
+        prefix_ids[u, prefix_len - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
         prefix_mask[u, prefix_len - len(prefix) :] = 1
     completion_ids, completion_mask = _completions(chosen, pad_id)
-    suffix_ids = torch.full_like(completion_ids, pad_id)  # (B, T)
-    suffix_positions = torch.zeros_like(completion_ids)
-    for b, row in enumerate(chosen):
-        length = len(row.completion_ids)
-        suffix_ids[b, :length] = torch.tensor([row.prompt_ids[-1], *row.completion_ids[:-1]])
-        suffix_positions[b] = len(row.prompt_ids) - 1 + torch.arange(completion_ids.shape[1])
+    rests = [row.prompt_ids[clusters[cluster_of[i]].prefix_len :] for i, row in zip(indices, chosen)]
+    rest_len = max(len(rest) for rest in rests)
+    width = rest_len + completion_ids.shape[1] - 1
+    suffix_ids = torch.full((len(chosen), width), pad_id, dtype=torch.long)  # (B, R + T - 1)
+    suffix_mask = torch.zeros_like(suffix_ids)
+    suffix_positions = torch.zeros_like(suffix_ids)
+    for b, (row, rest) in enumerate(zip(chosen, rests)):
+        start, end = rest_len - len(rest), rest_len + len(row.completion_ids) - 1
+        suffix_ids[b, start:end] = torch.tensor([*rest, *row.completion_ids[:-1]])
+        suffix_mask[b, start:end] = 1
+        suffix_positions[b] = (len(row.prompt_ids) - rest_len + torch.arange(width)).clamp(min=0)
     return SharedPromptBatch(
         rows=tuple(indices),
         prefix_ids=prefix_ids,
         prefix_mask=prefix_mask,
         prefix_positions=(prefix_mask.cumsum(dim=1) - 1).clamp(min=0),
-        prefix_adapters=[key[1] or BASE_ADAPTER for key in keys],
-        row_prefix=torch.tensor([keys[_prompt_key(row)] for row in chosen], dtype=torch.long),
+        prefix_adapters=[cluster.adapter or BASE_ADAPTER for cluster in clusters],
+        row_prefix=torch.tensor([cluster_of[i] for i in indices], dtype=torch.long),
         suffix_ids=suffix_ids,
+        suffix_mask=suffix_mask,
         suffix_positions=suffix_positions,
         completion_ids=completion_ids,
         completion_mask=completion_mask,

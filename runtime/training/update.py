@@ -18,7 +18,7 @@ importance ratio min(pi_old / pi_sampler, cap): in bf16 the base model's roundin
 (prefill and decoding shapes differ) leaves a gap of a few hundredths of a nat per token.
 
 Three fast paths, each with a gradient-parity test against plain per-row passes:
-prompts shared by a group's samples are computed once (`packing.SharedPromptBatch`);
+prompt starts shared by a group's samples are computed once (`packing.SharedPromptBatch`);
 rows whose advantage is exactly zero leave the step when the loss has no KL term (they
 contribute no gradient; the normalisers still count them); and entropy is computed
 only when asked for. A step with no signal at all skips `optimizer.step()`.
@@ -175,7 +175,7 @@ def _completion_hidden_states(
             )
         if batch.row_prefix.tolist() != list(range(batch.prefix_ids.shape[0])):
             cache.batch_select_indices(batch.row_prefix)  # (U, ...) -> (B, ...), differentiable
-        attention_mask = torch.cat([batch.prefix_mask[batch.row_prefix], batch.completion_mask.long()], dim=1)
+        attention_mask = torch.cat([batch.prefix_mask[batch.row_prefix], batch.suffix_mask], dim=1)
         context, extra = row_adapters(model, names(batch.adapter_names), prefer_peft=prefer_peft)
         with context:
             return model(
@@ -185,7 +185,7 @@ def _completion_hidden_states(
                 use_cache=True,
                 **{cache_argument(): cache},
                 **extra,
-            ).logits  # position t predicts completion token t
+            ).logits[:, batch.rest_len - 1 :]  # from the prompt's last token: column t predicts completion token t
     completion_len = batch.completion_ids.shape[1]
     context, extra = row_adapters(model, names(batch.adapter_names), prefer_peft=prefer_peft)
     with context:

@@ -197,6 +197,42 @@ def test_micro_batches_follow_levels_and_the_token_budget():
     assert first.completion_mask.sum().item() == 10
 
 
+def _row(i: int, adapter: str, prompt: list[int], completion_len: int = 4) -> CompletionRow:
+    return CompletionRow(i, f"n{i}", 1, adapter, tuple(prompt), tuple(range(completion_len)), 1.0)
+
+
+def test_prompts_with_a_long_common_start_share_it_as_one_prefix():
+    template = list(range(100, 160))  # 60 tokens every prompt of the level starts with
+    rows = [_row(i, "a", [*template, *range(i * 10, i * 10 + 20 + i)]) for i in range(4)]
+    (batch,) = micro_batches(rows, token_budget=10_000)
+    assert batch.prefix_ids.shape == (1, 60) and batch.prefix_ids[0].tolist() == template
+    assert batch.rest_len == 23  # the longest rest; shorter ones are left-padded
+    assert batch.suffix_mask[0].tolist() == [0] * 3 + [1] * (20 + 3)
+    assert batch.suffix_ids[0, 3:23].tolist() == list(range(0, 20))
+    assert batch.suffix_positions[0, 3:].tolist() == list(range(60, 60 + 20 + 3))
+    assert batch.padded_tokens == 60 + 4 * (23 + 3) < 4 * (80 + 3) + 4 * 4  # a prefix per prompt
+
+
+def test_identical_prompts_keep_one_prefix_each_and_adapters_never_share():
+    prompt = list(range(50))
+    rows = [_row(0, "a", prompt), _row(1, "a", prompt), _row(2, "b", prompt), _row(3, "a", [*prompt[:2], 7, 8, 9])]
+    (batch,) = micro_batches(rows, token_budget=10_000)
+    assert sorted(batch.prefix_adapters) == ["a", "a", "b"]  # a two-token common start is not worth sharing
+    assert batch.rest_len == 1  # each row reads just its prompt's last token
+    assert batch.row_prefix[batch.rows.index(0)] == batch.row_prefix[batch.rows.index(1)]
+    assert len(set(batch.row_prefix.tolist())) == 3
+
+
+def test_a_selected_shared_batch_cuts_the_padding_its_rows_do_not_need():
+    template = list(range(100, 130))
+    rows = [_row(0, "a", [*template, *range(40)], 2), _row(1, "a", [*template, *range(50, 55)], 6)]
+    (batch,) = micro_batches(rows, token_budget=10_000)
+    short = batch.select([batch.rows.index(1)])
+    assert short.rest_len == 5 and short.suffix_ids.shape == (1, 5 + 6 - 1)
+    assert short.suffix_mask.all() and short.suffix_ids[0].tolist() == [*range(50, 55), *range(5)]
+    assert short.suffix_positions[0].tolist() == list(range(30, 40))
+
+
 @pytest.mark.parametrize("shared_prompt", [False, True])
 @pytest.mark.parametrize("loss_norm", ["token", "sequence"])
 def test_accumulated_micro_batches_equal_one_big_batch(peft_model, loss_norm, shared_prompt):
@@ -248,8 +284,9 @@ GROUP_TEXTS = [  # (prompt, completion, adapter, level): a GRPO group's samples 
     ("What is 2 + 3?", " 6", "hidden_0", 0),
     ("What is 2 + 3?", " Five.", "hidden_1", 0),
     ("What is 2 + 3?", " The answer: 5", "hidden_1", 0),
-    ("Read: 5. Five. What is 2 + 3?", " 5", "answer_0", 1),
-    ("Read: 6. Five. What is 2 + 3?", " The answer is 5.", "answer_0", 1),
+    ("Question: what is 2 + 3? Earlier answers, to read: 5. Five.", " 5", "answer_0", 1),
+    ("Question: what is 2 + 3? Earlier answers, to read: 6. The answer: 5", " The answer is 5.", "answer_0", 1),
+    ("Question: what is 2 + 3? Earlier answers, to read: 6", " 6", "answer_0", 1),
 ]
 
 
@@ -283,7 +320,9 @@ def test_shared_prompt_gradient_equals_per_row_passes(peft_model):
     rows = group_rows(tokenizer)
     batches = micro_batches(rows, token_budget=10_000)
     assert all(isinstance(batch, SharedPromptBatch) for batch in batches)
-    assert [batch.prefix_ids.shape[0] for batch in batches] == [2, 2]  # level 0: 5 rows, 2 prompts
+    # Level 0: 5 rows, 2 prompts; level 1: the 3 prompts' common start once, each row its rest.
+    assert [batch.prefix_ids.shape[0] for batch in batches] == [2, 1]
+    assert [batch.rest_len > 1 for batch in batches] == [False, True]
     torch.manual_seed(2)
     width = max(len(row.completion_ids) for row in rows)
     weights = torch.randn(len(rows), width)
@@ -328,13 +367,15 @@ def test_zero_advantage_rows_leave_the_step_without_changing_it(peft_model, loss
     model, tokenizer, params = peft_model
     to_fp32_base(model)
     rows = group_rows(tokenizer)
-    advantages = torch.tensor([1.0, 0.0, -0.5, 0.0, 0.0, 0.75, 0.0])
+    advantages = torch.tensor([1.0, 0.0, -0.5, 0.0, 0.0, 0.75, 0.0, -0.25])
     config = UpdateConfig(clip=0.2, kl_coef=0.0, loss_norm=loss_norm, grad_clip=0.0)
     skipped, fast = sgd_step(model, params, rows, advantages, config, old=True)
     kept, plain = sgd_step(model, params, rows, advantages, config._replace(skip_zero_advantage=False), old=True)
     assert (fast.rows_skipped, plain.rows_skipped) == (4, 0)
     assert fast.tokens == plain.tokens and fast.rows == plain.rows == len(rows)
-    assert fast.loss == pytest.approx(plain.loss, rel=1e-5, abs=1e-7)
+    # The kept rows are padded less without the others: fp32 log-probs move by ~1e-5 nats,
+    # and so do the ratios against the old log-probs, which were taken on the full batches.
+    assert fast.loss == pytest.approx(plain.loss, rel=1e-4, abs=1e-7)
     flat_fast, flat_plain = torch.cat([d.flatten() for d in skipped]), torch.cat([d.flatten() for d in kept])
     assert flat_plain.norm() > 0
     assert ((flat_fast - flat_plain).norm() / flat_plain.norm()).item() < 1e-4
