@@ -237,7 +237,9 @@ def prompt_clusters(rows: Sequence[CompletionRow], members: Sequence[int]) -> li
     for index in members:
         by_adapter.setdefault(rows[index].adapter, {}).setdefault(tuple(rows[index].prompt_ids), []).append(index)
     prompts = {adapter: sorted(groups) for adapter, groups in by_adapter.items()}
-    shared = {adapter: [_common_start(a, b) for a, b in zip(ordered, ordered[1:])] for adapter, ordered in prompts.items()}
+    shared = {  # the common start of each pair of neighbours
+        adapter: [_common_start(a, b) for a, b in zip(ordered, ordered[1:])] for adapter, ordered in prompts.items()
+    }
     thresholds = sorted({length for lengths in shared.values() for length in lengths if length > 0} | {2**62},
                         reverse=True)  # one prompt per cluster first, so a tie keeps it
 
