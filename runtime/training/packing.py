@@ -284,23 +284,29 @@ def _pack_shared(rows: Sequence[CompletionRow], members: list[int], token_budget
         return []
     # Longest prefixes first, a cluster's rows together, longest completions first within it.
     clusters = sorted(prompt_clusters(rows, members), key=lambda cluster: (-cluster.prefix_len, cluster.members[0]))
-    batches, current, used = [], [], set()
-    prefix_len = suffix_len = 0
+    batches, parts = [], {}  # parts: the current micro-batch's rows of each cluster (by number)
+
+    def close() -> None:
+        chosen = [clusters[number]._replace(members=part) for number, part in parts.items()]
+        batches.append(collate_shared(rows, [index for part in parts.values() for index in part], clusters=chosen))
+
+    prefix_len = suffix_len = count = 0
     for number, cluster in enumerate(clusters):
         for index in sorted(cluster.members, key=lambda i: (-len(rows[i].completion_ids), i)):
             row = rows[index]
             rest = len(row.prompt_ids) - cluster.prefix_len
             new_prefix = max(prefix_len, cluster.prefix_len)
             new_suffix = max(suffix_len, rest + len(row.completion_ids) - 1)
-            if current and len(used | {number}) * new_prefix + (len(current) + 1) * new_suffix > token_budget:
-                batches.append(collate_shared(rows, current))
-                current, used = [], set()
+            prefixes = len(parts) + (number not in parts)
+            if parts and prefixes * new_prefix + (count + 1) * new_suffix > token_budget:
+                close()
+                parts.clear()
+                count = 0
                 new_prefix, new_suffix = cluster.prefix_len, rest + len(row.completion_ids) - 1
-            current.append(index)
-            used.add(number)
+            parts.setdefault(number, []).append(index)
+            count += 1
             prefix_len, suffix_len = new_prefix, new_suffix
-    if current:
-        batches.append(collate_shared(rows, current))
+    close()
     return batches
 
 
@@ -357,11 +363,17 @@ def collate(rows: Sequence[CompletionRow], indices: Sequence[int], pad_id: int =
     )
 
 
-def collate_shared(rows: Sequence[CompletionRow], indices: Sequence[int], pad_id: int = 0) -> SharedPromptBatch:
-    """Pad the chosen rows (prompts of two tokens or more) into one SharedPromptBatch, their
-    prompts in `prompt_clusters`."""
+def collate_shared(
+    rows: Sequence[CompletionRow],
+    indices: Sequence[int],
+    pad_id: int = 0,
+    *,
+    clusters: Sequence[PromptCluster] | None = None,
+) -> SharedPromptBatch:
+    """Pad the chosen rows (prompts of two tokens or more) into one SharedPromptBatch.
+    clusters: their prompt clusters, each row in one (default: `prompt_clusters` of these rows)."""
     chosen = [rows[i] for i in indices]
-    clusters = prompt_clusters(rows, indices)
+    clusters = prompt_clusters(rows, indices) if clusters is None else clusters
     cluster_of = {index: number for number, cluster in enumerate(clusters) for index in cluster.members}
     prefixes = [rows[cluster.members[0]].prompt_ids[: cluster.prefix_len] for cluster in clusters]
     prefix_len = max(len(prefix) for prefix in prefixes)
