@@ -9,7 +9,7 @@ The LoRA deltas and the output head are computed in fp32, by the same code as th
 update's log-probs (`lora_rows`), so the sampler is the trained policy up to the
 base model's own bf16 rounding. On a CPU, decoding steps attend by grouped matmuls
 (`attention`; torch's kernel costs 5-10x more a step) and the linears run from weights
-packed once (`packed_linear`; 1.5-2x faster a step, the same results). Rows that share
+packed once (`packed_linear`; 1.3x faster, the same results). Rows that share
 a prompt and an adapter (the samples of one node in a GRPO group) prefill it once.
 
 Sampling is done by `RowSampler`, the last logits processor: it applies each row's
