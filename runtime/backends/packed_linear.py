@@ -5,9 +5,9 @@ every call. While decoding (8-16 rows a step) the same call from a weight reorde
 once into oneDNN's blocked layout runs 1.3x faster for the base model's bf16 linears
 (30 against 39 ms for 106 MB of weights), with bitwise the same results, and the fp32
 output head over a 49k vocabulary 1.7x faster (25 against 42 ms a step at 16 rows;
-fp32 sums in another order, within 2e-4). Packed
-weights are cached per weight tensor (`PerWeight`), so a weight changed in place or
-given new data is packed again; they cost one more copy of the frozen weights in memory.
+fp32 sums in another order, within 2e-4). Packed weights are cached per weight tensor
+(`PerWeight`), so a weight changed in place or given new data is packed again; they
+cost one more copy of the frozen weights in memory.
 
 Only inference uses them (the packed kernel has no backward): `packed_linears(model)`
 routes every `nn.Linear` but the output head through its packed weight inside a
