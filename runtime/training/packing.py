@@ -284,29 +284,24 @@ def _pack_shared(rows: Sequence[CompletionRow], members: list[int], token_budget
         return []
     # Longest prefixes first, a cluster's rows together, longest completions first within it.
     clusters = sorted(prompt_clusters(rows, members), key=lambda cluster: (-cluster.prefix_len, cluster.members[0]))
-    batches, parts = [], {}  # parts: the current micro-batch's rows of each cluster (by number)
+    batches: list[SharedPromptBatch] = []
+    parts: dict[int, list[int]] = {}  # the current micro-batch's rows of each cluster (by number)
 
-    def close() -> None:
-        chosen = [clusters[number]._replace(members=part) for number, part in parts.items()]
-        batches.append(collate_shared(rows, [index for part in parts.values() for index in part], clusters=chosen))
+    def layout(parts: dict[int, list[int]]) -> list[PromptCluster]:
+        return [clusters[number]._replace(members=part) for number, part in parts.items()]
 
-    prefix_len = suffix_len = count = 0
+    def close(parts: dict[int, list[int]]) -> None:
+        indices = [index for part in parts.values() for index in part]
+        batches.append(collate_shared(rows, indices, clusters=layout(parts)))
+
     for number, cluster in enumerate(clusters):
         for index in sorted(cluster.members, key=lambda i: (-len(rows[i].completion_ids), i)):
-            row = rows[index]
-            rest = len(row.prompt_ids) - cluster.prefix_len
-            new_prefix = max(prefix_len, cluster.prefix_len)
-            new_suffix = max(suffix_len, rest + len(row.completion_ids) - 1)
-            prefixes = len(parts) + (number not in parts)
-            if parts and prefixes * new_prefix + (count + 1) * new_suffix > token_budget:
-                close()
-                parts.clear()
-                count = 0
-                new_prefix, new_suffix = cluster.prefix_len, rest + len(row.completion_ids) - 1
-            parts.setdefault(number, []).append(index)
-            count += 1
-            prefix_len, suffix_len = new_prefix, new_suffix
-    close()
+            grown = {**parts, number: [*parts.get(number, []), index]}
+            if parts and _padded(rows, layout(grown)) > token_budget:
+                close(parts)
+                grown = {number: [index]}
+            parts = grown
+    close(parts)
     return batches
 
 

@@ -233,6 +233,18 @@ def test_a_selected_shared_batch_cuts_the_padding_its_rows_do_not_need():
     assert short.suffix_positions[0].tolist() == list(range(30, 40))
 
 
+def test_shared_micro_batches_keep_their_real_padding_within_the_budget():
+    """The longest rest and the longest completion sit in different rows: together they pad
+    to 30 + 2 x (40 + 6 - 1) = 120 tokens, more than either row's own rest + completion."""
+    template = list(range(100, 130))
+    rows = [_row(0, "a", [*template, *range(40)], 2), _row(1, "a", [*template, *range(50, 55)], 6)]
+    (together,) = micro_batches(rows, token_budget=120)
+    assert together.padded_tokens == 120
+    batches = micro_batches(rows, token_budget=115)
+    assert [batch.rows for batch in batches] == [(1,), (0,)]
+    assert [batch.padded_tokens for batch in batches] == [30 + 10, 30 + 41]
+
+
 @pytest.mark.parametrize("shared_prompt", [False, True])
 @pytest.mark.parametrize("loss_norm", ["token", "sequence"])
 def test_accumulated_micro_batches_equal_one_big_batch(peft_model, loss_norm, shared_prompt):
