@@ -50,11 +50,17 @@ def grouped_attention(
     groups = heads // kv_heads
     # (B, Hkv, G*T, D): a copy of the queries only; keys and values are used in place
     # The scaling goes on the queries, the smaller tensor (exact when it is a power of two,
-    # as for head size 64); the product is a new tensor, so the mask is added in place.
+    # as for head size 64). The product is a new tensor, so without a gradient the mask is
+    # added in place; with one, in place on a view would make autograd copy the scores'
+    # gradient twice in backward (CopySlices), a tenth of the update's attention.
     grouped = (query * scaling).reshape(batch, kv_heads, groups * length, dim)
     scores = torch.matmul(grouped, key.transpose(-1, -2))  # (B, Hkv, G*T, L)
     if attention_mask is not None:
-        scores.view(batch, kv_heads, groups, length, positions).add_(attention_mask[:, :, None, :, :positions])
+        mask = attention_mask[:, :, None, :, :positions]  # (B, 1, 1, T, L)
+        if scores.requires_grad:
+            scores = (scores.view(batch, kv_heads, groups, length, positions) + mask).view(scores.shape)
+        else:
+            scores.view(batch, kv_heads, groups, length, positions).add_(mask)
     weights = nn.functional.softmax(scores, dim=-1)  # in the scores' dtype, summed in fp32
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights.view(batch, kv_heads, groups * length, positions), value)

@@ -12,12 +12,10 @@ base model's own bf16 rounding. On a CPU, decoding steps attend by grouped matmu
 packed once (`packed_linear`; 1.3x faster, the same results). Rows that share
 a prompt and an adapter (the samples of one node in a GRPO group) prefill it once.
 
-Sampling is done by `RowSampler`, the last logits processor: it applies each row's
-temperature and top-p, draws each row's token itself (inverse CDF, one uniform per row;
-`torch.multinomial` costs about 25 ms a step over a 49k vocabulary on one CPU core,
-this about 5), records its log-probability, and hands `generate` a point mass on it,
-so `generate` runs greedy and none of its own warpers reshape the distribution.
-`RowStops` ends each row at its own max_tokens or stop string.
+Sampling is done by `sampler.RowSampler`, the last logits processor: it applies each
+row's temperature and top-p, draws each row's token itself, records its log-probability,
+and hands `generate` a point mass on it, so `generate` runs greedy. `RowStops` ends each
+row at its own max_tokens or stop string.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ import torch
 from transformers import (
     DynamicCache,
     GenerationConfig,
-    LogitsProcessor,
     LogitsProcessorList,
     StaticCache,
     StoppingCriteria,
@@ -46,6 +43,7 @@ from .attention import cpu_attention
 from .base import BackendStats, FinishReason, GenRequest, GenResult
 from .lora_rows import BASE_ADAPTER, fp32_output_head, row_adapters
 from .packed_linear import packed_linears
+from .sampler import RowSampler
 
 LoraRows = Literal["stacked", "peft"]
 
@@ -281,75 +279,6 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """`text` up to the first occurrence of any stop string."""
     positions = [text.find(s) for s in stop if s and s in text]
     return text[: min(positions)] if positions else text
-
-
-class RowSampler(LogitsProcessor):
-    """Per-row temperature and top-p; samples each row's token and remembers its log-probability.
-
-    Called once per decoding step with scores (B, V); returns a point mass on the token
-    it drew, which `generate` (greedy) then appends. The appended token is read back at
-    the next step (the last column of `input_ids`), so the step's log-softmax is kept
-    until then; `sampled_logprobs` reads the final one. Temperature 0 makes a row
-    greedy: its distribution is a point mass (log-prob 0).
-    """
-
-    def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float], device: Any):
-        temperature = torch.tensor(temperatures, dtype=torch.float32, device=device)
-        self.is_greedy = temperature <= 0  # (B,)
-        self.temperature = torch.where(self.is_greedy, torch.ones_like(temperature), temperature)[:, None]  # (B, 1)
-        top_p = torch.tensor(top_ps, dtype=torch.float32, device=device)
-        self.top_p = torch.where(top_p < 1.0, top_p, torch.full_like(top_p, float("inf")))[:, None]  # (B, 1)
-        self.has_top_p = bool((top_p < 1.0).any())
-        self.previous: torch.Tensor | None = None  # (B, V) log-probs of the last step
-        self.steps: list[torch.Tensor] = []  # each (B,)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.previous is not None:
-            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
-        scores = scores.float() / self.temperature
-        if self.is_greedy.any():
-            greedy = point_mass(scores, scores.argmax(dim=-1, keepdim=True))
-            scores = torch.where(self.is_greedy[:, None], greedy, scores)
-        if self.has_top_p:
-            scores = nucleus(scores, self.top_p)
-        self.previous = torch.log_softmax(scores, dim=-1)
-        return point_mass(self.previous, draw(self.previous))
-
-    def sampled_logprobs(self, completions: torch.Tensor) -> torch.Tensor:
-        """(B, T) log-probs of the T sampled tokens `completions` (B, T)."""
-        steps = list(self.steps)
-        length = completions.shape[1]
-        if len(steps) < length and self.previous is not None:
-            steps.append(self.previous.gather(1, completions[:, -1:]).squeeze(1))
-        if not steps:
-            return torch.zeros(completions.shape, dtype=torch.float32)
-        return torch.stack(steps[:length], dim=1).cpu()
-
-
-def draw(logprobs: torch.Tensor) -> torch.Tensor:
-    """One token per row (B, 1) sampled from log-probabilities (B, V), by inverse CDF. The
-    right-side search never lands on a zero-probability token (its cumulative mass equals
-    its predecessor's); a uniform rounded up to the total mass takes the row's argmax."""
-    cumulative = logprobs.exp().cumsum(dim=-1)
-    uniform = torch.rand(logprobs.shape[0], 1, device=logprobs.device) * cumulative[:, -1:]
-    tokens = torch.searchsorted(cumulative, uniform, right=True).clamp_(max=logprobs.shape[1] - 1)
-    impossible = logprobs.gather(1, tokens).isneginf()
-    return torch.where(impossible, logprobs.argmax(dim=-1, keepdim=True), tokens)
-
-
-def point_mass(scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Scores (B, V) that put all mass on `tokens` (B, 1): 0 there, -inf elsewhere."""
-    return torch.full_like(scores, float("-inf")).scatter(1, tokens, 0.0)
-
-
-def nucleus(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Keep, per row, the most likely tokens until their mass reaches top_p (B, 1); mask the rest."""
-    sorted_scores, order = scores.sort(dim=-1, descending=True)
-    probs = sorted_scores.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-    drop_sorted = mass_before >= top_p  # the most likely token always stays (mass_before = 0)
-    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-    return scores.masked_fill(drop, float("-inf"))
 
 
 class RowStops(StoppingCriteria):

@@ -209,18 +209,40 @@ def test_the_sampler_is_the_trained_policy_in_bf16(make_backend):
 
 
 def test_the_sampler_draws_from_the_distribution_and_never_an_impossible_token(monkeypatch):
-    from neuromas.runtime.backends.transformers import draw
+    from neuromas.runtime.backends.sampler import draw
 
     torch.manual_seed(0)
     probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
-    logprobs = probs.log().expand(40_000, -1)
-    counts = torch.bincount(draw(logprobs).squeeze(1), minlength=5).float() / 40_000
+    tokens, logprobs = draw(probs.log().expand(40_000, -1))
+    counts = torch.bincount(tokens.squeeze(1), minlength=5).float() / 40_000
     assert counts[1] == 0 and counts[4] == 0
     assert torch.allclose(counts, probs, atol=0.01)  # 4 standard errors at 40,000 draws
+    assert torch.allclose(logprobs, probs.log()[tokens.squeeze(1)])
     # A uniform that rounds up to the total mass would pass every token: the row's argmax instead.
     rounded_up = torch.tensor([[0.0, float("-inf")]])
     monkeypatch.setattr(torch, "rand", lambda *shape, **kwargs: torch.ones(*shape, **kwargs))
-    assert draw(rounded_up).item() == 0
+    assert draw(rounded_up)[0].item() == 0
+
+
+def test_draws_over_many_blocks_follow_the_distribution_and_give_its_log_probs():
+    """A vocabulary of several blocks and a partial last one: mass split across blocks,
+    impossible tokens inside them, and each drawn token's log-prob equal to log_softmax's."""
+    from neuromas.runtime.backends.sampler import BLOCK, draw
+
+    torch.manual_seed(1)
+    vocab = 3 * BLOCK + 17
+    scores = torch.full((vocab,), float("-inf"))
+    likely = torch.tensor([5, BLOCK - 1, BLOCK, 2 * BLOCK + 300, vocab - 1])  # block edges and the last token
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.15, 0.25])
+    scores[likely] = probs.log() + 7.0  # an offset: draw normalises
+    tokens, logprobs = draw(scores.expand(40_000, -1))
+    counts = torch.bincount(tokens.squeeze(1), minlength=vocab).float() / 40_000
+    assert counts.sum() == 1 and set(counts.nonzero().squeeze(1).tolist()) == set(likely.tolist())
+    assert torch.allclose(counts[likely], probs, atol=0.01)
+    assert torch.allclose(logprobs, torch.log_softmax(scores, -1)[tokens.squeeze(1)], atol=1e-6)
+    noisy = torch.randn(64, vocab) * 3
+    tokens, logprobs = draw(noisy)
+    assert torch.allclose(logprobs, torch.log_softmax(noisy, -1).gather(1, tokens).squeeze(1), atol=1e-5)
 
 
 def test_rows_sharing_a_prompt_prefill_it_once_and_sample_the_same_tokens(two_adapter_backend):
