@@ -28,7 +28,7 @@ from neuromas.runtime.training.loop import train
 from neuromas.runtime.training.session import TrainSettings, start_session
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = 8
+STEPS = 12  # held-out gain 0.42-0.60 over training seeds 0-3 (8 steps: 0.14-0.55)
 HELD_OUT = 8  # questions, each answered EVAL_GROUP times with the same seed before and after
 EVAL_GROUP = 2
 
