@@ -77,13 +77,14 @@ def draw(scores: Tensor) -> tuple[Tensor, Tensor]:
     blocks = -(-vocab // BLOCK)
     if blocks * BLOCK != vocab:
         weights = F.pad(weights, (0, blocks * BLOCK - vocab))
-    block_mass = weights.view(rows, blocks, BLOCK).sum(dim=-1)  # (B, blocks)
+    by_block = weights.view(rows, blocks, BLOCK)
+    block_mass = by_block.sum(dim=-1)  # (B, blocks)
     block_end = block_mass.cumsum(dim=-1)  # (B, blocks)
     total = block_end[:, -1:]  # (B, 1)
     uniform = torch.rand(rows, 1, device=scores.device) * total
     block = torch.searchsorted(block_end, uniform, right=True).clamp_(max=blocks - 1)  # (B, 1)
     block_start = block_end.gather(1, block) - block_mass.gather(1, block)  # (B, 1)
-    inside = weights.view(rows, blocks, BLOCK)[torch.arange(rows, device=scores.device), block.squeeze(1)]
+    inside = by_block[torch.arange(rows, device=scores.device), block.squeeze(1)]  # (B, BLOCK)
     offset = torch.searchsorted(inside.cumsum(dim=-1) + block_start, uniform, right=True).clamp_(max=BLOCK - 1)
     tokens = block * BLOCK + offset  # (B, 1)
     impossible = weights.gather(1, tokens) == 0
