@@ -6,7 +6,9 @@ a graded reward, are then updated again and again by each variant, interleaved:
 
   baseline_path   update.py of commit 8b6beb2: peft mixed-adapter rows, full sequences,
                   entropy always, the bf16 head computed and discarded for an fp32 one
-  new_path        today's update_step: shared prompts, zero-advantage rows skipped
+  new_path        today's update_step: shared prompts, zero-advantage rows skipped,
+                  shared-prompt batches without their padding (flat tokens)
+  no_flat         today's, shared-prompt batches padded
   no_shared       today's, every row with its full prompt
   no_skip         today's, zero-advantage rows computed
   no_fast_paths   today's kernels alone (neither shared prompts nor skipping)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     old_config = old.UpdateConfig(clip=0.2, kl_coef=0.0, loss_norm="token", grad_clip=1.0)
     old_rows = [old.CompletionRow(*row[: len(old.CompletionRow._fields)]) for row in rows]
 
-    def new_step(chosen=rows, *, shared=True, skip=True, per_node=False):
+    def new_step(chosen=rows, *, shared=True, skip=True, per_node=False, flat=True):
         if per_node:
             batches = [b for node in dict.fromkeys(r.node for r in chosen)
                        for b in update.micro_batches([r if r.node == node else r._replace(completion_ids=())
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             batches = update.micro_batches(chosen, shared_prompt=shared)
         update.update_step(model, optimizer, params, batches, None, None, row_advantages,
-                           config._replace(skip_zero_advantage=skip))
+                           config._replace(skip_zero_advantage=skip, flat_tokens=flat))
         return tokens
 
     def baseline_step():
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = {
         "baseline_path": baseline_step,
         "new_path": new_step,
+        "no_flat": lambda: new_step(flat=False),
         "no_shared": lambda: new_step(shared=False),
         "no_skip": lambda: new_step(skip=False),
         "no_fast_paths": lambda: new_step(shared=False, skip=False),
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = [("new_path / baseline_path", "new_path", "baseline_path"),
               ("batched / single_adapter", "batched", "single_adapter"),
               ("batched / per_node", "batched", "per_node"),
+              ("flat tokens (new_path / no_flat)", "new_path", "no_flat"),
               ("shared prompts (no_skip / no_fast_paths)", "no_skip", "no_fast_paths"),
               ("zero-advantage skipping (no_shared / no_fast_paths)", "no_shared", "no_fast_paths")]
     print("warming up...", file=sys.stderr)

@@ -16,21 +16,23 @@ and in bf16 its output is eager's (an fp32 softmax rounded to bf16) but for one 
 in 10^5, one unit in the last place apart, at half the cost of eager's casts forward
 and back. The update uses it for every pass (its scoring passes must match its
 gradient pass); sampling uses it for decoding steps and torch's kernel for prefills
-(`sampling_attention`). `cpu_attention(model)` switches a model to one of them inside a
-block when the model is on a CPU; other devices keep their kernel.
+(`sampling_attention`). The update's shared-prompt batches run it from a flat layout
+(`flat_attention`, `training.flat_tokens`). `cpu_attention(model, name)` switches a model
+to one of them inside a block when the model is on a CPU; other devices keep their kernel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 NAME = "neuromas_grouped"  # every pass: the update (forward and backward) and its scoring passes
 SAMPLING_NAME = "neuromas_sampling"  # decoding steps grouped, prefills by torch's kernel
+FLAT_NAME = "neuromas_flat"  # the update's flat layout (`flat_attention`): no mask is made for it
 
 
 def grouped_attention(
@@ -79,31 +81,92 @@ def sampling_attention(module: nn.Module, query: torch.Tensor, *args: Any, **kwa
     return sdpa_attention_forward(module, query, *args, **kwargs)
 
 
+class FlatLayout(NamedTuple):
+    """Where the N tokens of a flat batch (N rows of one token each) sit in the padded
+    layout attention runs in: U prefixes of P columns, each attending to itself, and B
+    rows of S columns, each attending to its prefix and then to itself.
+
+    prefix_slots: (U * P,), row_slots: (B * S,) and row_key_slots: (B * (P + S),), each
+    row's prefix then its own columns: the flat token at each padded slot (at a padding
+    slot any token, which the masks hide). prefix_real: (Np,) and row_real: (Ns,), the
+    padded slots of the real tokens in flat order (N = Np + Ns). prefix_mask:
+    (U, 1, P, P) and row_mask: (B, 1, S, P + S), additive, as eager attention's.
+    """
+
+    prefix_slots: torch.Tensor
+    row_slots: torch.Tensor
+    row_key_slots: torch.Tensor
+    prefix_real: torch.Tensor
+    row_real: torch.Tensor
+    prefix_mask: torch.Tensor
+    row_mask: torch.Tensor
+
+
+def flat_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    *,
+    flat_layout: FlatLayout,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature over a flat batch: query (N, H, 1, D),
+    key and value (N, Hkv, 1, D) -> output (N, 1, H, D). Gathered into `flat_layout`'s
+    padded prefixes and rows, run by `grouped_attention`, gathered back."""
+    layout = flat_layout
+    queries, keys, values = (states[:, :, 0] for states in (query, key, value))  # (N, heads, D)
+    units, prefix_len = layout.prefix_mask.shape[0], layout.prefix_mask.shape[-1]
+    rows, row_len = layout.row_mask.shape[0], layout.row_mask.shape[2]
+
+    def padded(states: torch.Tensor, slots: torch.Tensor, count: int) -> torch.Tensor:
+        gathered = states.index_select(0, slots)  # (count * width, heads, D)
+        return gathered.view(count, -1, *states.shape[1:]).transpose(1, 2)  # (count, heads, width, D)
+
+    prefix_out, _ = grouped_attention(
+        module, padded(queries, layout.prefix_slots, units), padded(keys, layout.prefix_slots, units),
+        padded(values, layout.prefix_slots, units), layout.prefix_mask, scaling, dropout)
+    row_out, _ = grouped_attention(
+        module, padded(queries, layout.row_slots, rows), padded(keys, layout.row_key_slots, rows),
+        padded(values, layout.row_key_slots, rows), layout.row_mask, scaling, dropout)
+    heads, dim = query.shape[1], query.shape[3]
+    output = torch.cat([
+        prefix_out.reshape(units * prefix_len, heads, dim).index_select(0, layout.prefix_real),
+        row_out.reshape(rows * row_len, heads, dim).index_select(0, layout.row_real),
+    ])  # (N, heads, D)
+    return output.unsqueeze(1), None
+
+
 def register() -> None:
     """Make NAME and SAMPLING_NAME transformers attention implementations, with eager
-    attention's additive mask (idempotent)."""
+    attention's additive mask, and FLAT_NAME one without (its layout carries its own
+    masks; idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
     for name, function in ((NAME, grouped_attention), (SAMPLING_NAME, sampling_attention)):
         AttentionInterface.register(name, function)
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, eager_mask)
+    AttentionInterface.register(FLAT_NAME, flat_attention)
 
 
 @contextmanager
-def cpu_attention(model: nn.Module, *, sampling: bool = False) -> Iterator[None]:
-    """`grouped_attention` (with `sampling`: `sampling_attention`) inside the block when
-    `model` is on a CPU and uses a standard attention implementation (sdpa or eager);
-    anything else is left alone."""
+def cpu_attention(model: nn.Module, name: str = NAME) -> Iterator[bool]:
+    """The attention implementation `name` (NAME, SAMPLING_NAME or FLAT_NAME) inside the
+    block when `model` is on a CPU and uses a standard one (sdpa or eager); anything else
+    is left alone. Yields whether it switched."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     before = getattr(inner.config, "_attn_implementation", None)
     device = next(inner.parameters()).device
     if device.type != "cpu" or before not in ("sdpa", "eager") or not hasattr(inner, "set_attn_implementation"):
-        yield
+        yield False
         return
     register()
-    inner.set_attn_implementation(SAMPLING_NAME if sampling else NAME)
+    inner.set_attn_implementation(name)
     try:
-        yield
+        yield True
     finally:
         inner.set_attn_implementation(before)

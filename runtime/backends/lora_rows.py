@@ -71,6 +71,7 @@ def stacked_lora_rows(model: Any, adapter_names: Sequence[str]) -> Iterator[None
     ("__base__" for none). The batch must keep B = len(adapter_names) rows."""
     adapters = sorted({name for name in adapter_names if name != BASE_ADAPTER})
     as_fp32 = _LastFp32Copy()
+    row_masks = _RowMasks(adapter_names)
     patched = []
     try:
         for module in lora_layers(model):
@@ -78,7 +79,7 @@ def stacked_lora_rows(model: Any, adapter_names: Sequence[str]) -> Iterator[None
             # Every layer is patched: one untouched would apply peft's active adapter to all rows.
             # (A function, not the base Linear itself: assigning a Module would register it
             # as a child named "forward" and leave the class's forward in charge.)
-            module.forward = _stacked_forward(module, present, adapter_names, as_fp32) if present else _base_forward(module)
+            module.forward = _stacked_forward(module, present, row_masks, as_fp32) if present else _base_forward(module)
             patched.append(module)
         yield
     finally:
@@ -101,6 +102,28 @@ class _LastFp32Copy:
         return self.last[1]
 
 
+class _RowMasks:
+    """(B, 1, sum of ranks) masks that keep each row's own adapter's columns of the
+    stacked LoRA, made once per (adapters, ranks) for all the layers that share them."""
+
+    def __init__(self, adapter_names: Sequence[str]) -> None:
+        self.rows = {name: [i for i, row_name in enumerate(adapter_names) if row_name == name]
+                     for name in set(adapter_names)}
+        self.count = len(adapter_names)
+        self.masks: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, present: Sequence[str], ranks: Sequence[int], device: torch.device) -> torch.Tensor:
+        key = (tuple(present), tuple(ranks), device)
+        if key not in self.masks:
+            mask = torch.zeros(self.count, 1, sum(ranks), dtype=torch.float32, device=device)
+            offset = 0
+            for name, rank in zip(present, ranks):
+                mask[self.rows.get(name, []), :, offset : offset + rank] = 1.0
+                offset += rank
+            self.masks[key] = mask
+        return self.masks[key]
+
+
 def _base_forward(module: Any) -> Any:
     base_layer = module.base_layer
 
@@ -110,17 +133,12 @@ def _base_forward(module: Any) -> Any:
     return forward
 
 
-def _stacked_forward(module: Any, present: Sequence[str], adapter_names: Sequence[str], as_fp32: _LastFp32Copy) -> Any:
+def _stacked_forward(module: Any, present: Sequence[str], row_masks: _RowMasks, as_fp32: _LastFp32Copy) -> Any:
     weights_a = [module.lora_A[name].weight for name in present]  # each (r, in)
     a_stack = torch.cat([w.float() for w in weights_a], dim=0)  # (R, in)
     weights_b = [module.lora_B[name].weight.float() * module.scaling[name] for name in present]  # each (out, r)
     b_stack = torch.cat(weights_b, dim=1)  # (out, R)
-    row_mask = torch.zeros(len(adapter_names), 1, a_stack.shape[0], dtype=torch.float32, device=a_stack.device)
-    offset = 0
-    for name, weight in zip(present, weights_a):
-        rows = [i for i, row_name in enumerate(adapter_names) if row_name == name]
-        row_mask[rows, :, offset : offset + weight.shape[0]] = 1.0
-        offset += weight.shape[0]
+    row_mask = row_masks(present, [weight.shape[0] for weight in weights_a], a_stack.device)
     a_t, b_t, base_layer = a_stack.t(), b_stack.t(), module.base_layer
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -39,7 +39,7 @@ from transformers import (
 
 from neuromas.plan import Plan
 
-from .attention import cpu_attention
+from .attention import SAMPLING_NAME, cpu_attention
 from .base import BackendStats, FinishReason, GenRequest, GenResult
 from .lora_rows import BASE_ADAPTER, fp32_output_head, row_adapters
 from .packed_linear import packed_linears
@@ -249,7 +249,7 @@ class TransformersBackend:
 def sampling_kernels(model: Any) -> Iterator[None]:
     """The CPU kernels of sampling inside the block: grouped attention for decoding steps
     and linears from packed weights (each leaves a model on another device alone)."""
-    with cpu_attention(model, sampling=True), packed_linears(model):
+    with cpu_attention(model, SAMPLING_NAME), packed_linears(model):
         yield
 
 

@@ -17,11 +17,12 @@ Where rows carry the sampler's log-probs, each token's loss is weighted by the t
 importance ratio min(pi_old / pi_sampler, cap): in bf16 the base model's rounding alone
 (prefill and decoding shapes differ) leaves a gap of a few hundredths of a nat per token.
 
-Three fast paths, each with a gradient-parity test against plain per-row passes:
+Four fast paths, each with a gradient-parity test against plain per-row passes:
 prompt starts shared by a group's samples are computed once (`packing.SharedPromptBatch`);
-rows whose advantage is exactly zero leave the step when the loss has no KL term (they
-contribute no gradient; the normalisers still count them); and entropy is computed
-only when asked for. A step with no signal at all skips `optimizer.step()`.
+on a CPU such a batch's real tokens go through the model without its padding
+(`flat_tokens`); rows whose advantage is exactly zero leave the step when the loss has
+no KL term (they contribute no gradient; the normalisers still count them); and entropy
+is computed only when asked for. A step with no signal at all skips `optimizer.step()`.
 
 On a CPU the update's attention is `backends.attention`'s grouped matmuls, as in
 sampling: torch's CPU flash-attention backward costs about 3x its forward (a quarter of
@@ -39,10 +40,11 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..backends.attention import cpu_attention
+from ..backends.attention import FLAT_NAME, NAME, cpu_attention
 from ..backends.lora_rows import row_adapters
 from ..backends.transformers import cache_argument
 from ..failures import in_phase
+from .flat_tokens import flat_hidden_states
 from .head_logprobs import head_logprobs, head_skipped
 from .loss import LossNorm, policy_terms, reduce_loss
 from .packing import (
@@ -84,7 +86,8 @@ class UpdateConfig(NamedTuple):
     no KL term. lora_rows: "stacked" (the sampler's LoRA code) or "peft". sampler_cap:
     truncated importance sampling, each token's loss weighted by min(pi_old / pi_sampler,
     cap) where rows carry their sampler's log-probs (<= 0: off); it corrects for the
-    sampler's numerics (bf16 rounding, another engine) differing from the trainer's."""
+    sampler's numerics (bf16 rounding, another engine) differing from the trainer's.
+    flat_tokens: shared-prompt batches without their padding on a CPU (`flat_tokens`)."""
 
     clip: float
     kl_coef: float
@@ -94,6 +97,7 @@ class UpdateConfig(NamedTuple):
     skip_zero_advantage: bool = True
     lora_rows: LoraRows = "stacked"
     sampler_cap: float = 2.0
+    flat_tokens: bool = True
 
 
 class UpdateStats(NamedTuple):
@@ -122,17 +126,21 @@ def token_logprobs(
     use_adapters: bool = True,
     with_entropy: bool = False,
     lora_rows: LoraRows = "stacked",
+    flat_tokens: bool = True,
 ) -> TokenScores:
     """Log-probs (and entropy) of each completion token under its row's adapter, or under
     the base model for every row when `use_adapters` is False. Grad follows the caller's
     grad mode; in a shared-prompt batch it flows back through the shared prompts' keys
-    and values to the LoRA weights that made them."""
-    with cpu_attention(model):
-        return _token_logprobs(model, batch.to(model_device(model)), use_adapters, with_entropy, lora_rows)
+    and values to the LoRA weights that made them. flat_tokens: a shared-prompt batch
+    goes through the model without its padding where the model is on a CPU."""
+    is_flat = flat_tokens and isinstance(batch, SharedPromptBatch)
+    with cpu_attention(model, FLAT_NAME if is_flat else NAME) as switched:
+        batch = batch.to(model_device(model))
+        return _token_logprobs(model, batch, use_adapters, with_entropy, lora_rows, is_flat and switched)
 
 
 def _token_logprobs(
-    model: nn.Module, batch: Batch, use_adapters: bool, with_entropy: bool, lora_rows: LoraRows
+    model: nn.Module, batch: Batch, use_adapters: bool, with_entropy: bool, lora_rows: LoraRows, is_flat: bool = False
 ) -> TokenScores:
     prefer_peft = lora_rows == "peft"
 
@@ -140,7 +148,10 @@ def _token_logprobs(
         return adapters if use_adapters else [BASE_ADAPTER] * len(adapters)
 
     with head_skipped(model) as head:
-        hidden = _completion_hidden_states(model, batch, names, prefer_peft)  # (B, T, H)
+        if is_flat:
+            hidden = flat_hidden_states(model, batch, names, prefer_peft)  # (B, T, H)
+        else:
+            hidden = _completion_hidden_states(model, batch, names, prefer_peft)
     mask = batch.completion_mask.bool()  # (B, T)
     # The policy that sampled each row is softmax(logits / temperature). Its top-p cut is
     # left out, as is usual for policy-gradient log-probs: the sampled tokens lie inside
@@ -203,11 +214,17 @@ def _completion_hidden_states(
 @torch.no_grad()
 @in_phase("update")
 def score_batches(
-    model: nn.Module, batches: Sequence[Batch], *, use_adapters: bool = True, lora_rows: LoraRows = "stacked"
+    model: nn.Module,
+    batches: Sequence[Batch],
+    *,
+    use_adapters: bool = True,
+    lora_rows: LoraRows = "stacked",
+    flat_tokens: bool = True,
 ) -> list[Tensor]:
     """Log-probs of every micro-batch without grad: the old policy (adapters on, taken
     before the update) or the reference (adapters off, for the KL). Each: (B, T)."""
-    return [token_logprobs(model, batch, use_adapters=use_adapters, lora_rows=lora_rows).logprobs for batch in batches]
+    return [token_logprobs(model, batch, use_adapters=use_adapters, lora_rows=lora_rows,
+                           flat_tokens=flat_tokens).logprobs for batch in batches]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -312,7 +329,8 @@ def update_step(
             old = None if old is None else old[positions, :width]
             ref = None if ref is None else ref[positions, :width]
         batch = batch.to(device)
-        scores = token_logprobs(model, batch, with_entropy=config.entropy, lora_rows=config.lora_rows)
+        scores = token_logprobs(model, batch, with_entropy=config.entropy, lora_rows=config.lora_rows,
+                                flat_tokens=config.flat_tokens)
         advantages = row_advantages[list(batch.rows)].to(device)  # (B,)
         terms = policy_terms(
             scores.logprobs,

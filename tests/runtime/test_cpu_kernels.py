@@ -89,7 +89,7 @@ def test_grouped_attention_is_eager_attention_without_its_copies(loaded):
         with cpu_attention(model):
             assert model.config._attn_implementation == NAME
             grouped = model(input_ids=ids, attention_mask=mask).logits
-        with cpu_attention(model, sampling=True):
+        with cpu_attention(model, SAMPLING_NAME):
             assert model.config._attn_implementation == SAMPLING_NAME
             sampling_prefill = model(input_ids=ids, attention_mask=mask).logits
         assert model.config._attn_implementation == "sdpa"
@@ -111,7 +111,7 @@ def test_grouped_decoding_steps_match_a_full_pass(loaded):
     ids = torch.tensor([loaded.tokenizer("Count: one two three four")["input_ids"]] * 2)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
-    with torch.inference_mode(), cpu_attention(model, sampling=True):
+    with torch.inference_mode(), cpu_attention(model, SAMPLING_NAME):
         full = model(input_ids=ids, attention_mask=mask).logits[:, -1]
         cache = DynamicCache()
         model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **{cache_argument(): cache})

@@ -516,3 +516,41 @@ def test_the_update_runs_grouped_attention_on_a_cpu_with_the_same_gradient(peft_
     assert inner.config._attn_implementation == "sdpa"
     assert relative_error(grads["grouped"], grads["sdpa"]) < 1e-4
     assert relative_error(grads["grouped"], grads["sdpa"]) > 0  # two kernels really ran
+
+
+def test_flat_tokens_carry_only_the_real_tokens_and_give_the_padded_gradient(peft_model, monkeypatch):
+    """A shared-prompt batch goes through the model as its real tokens alone (prefix
+    tokens, then row tokens, each with its own position), with attention in the padded
+    layout: its log-probs and gradient are the padded path's."""
+    from neuromas.runtime.training import update as update_module
+    from neuromas.runtime.training.flat_tokens import flatten
+
+    model, tokenizer, _ = peft_model
+    rows = group_rows(tokenizer)
+    batches = micro_batches(rows, token_budget=10_000)
+    for batch in batches:
+        flat = flatten(batch, torch.bfloat16)
+        prefix_used, row_used = batch.prefix_mask.bool(), batch.suffix_mask.bool()
+        real = torch.cat([batch.prefix_ids[prefix_used], batch.suffix_ids[row_used]])
+        assert flat.input_ids[:, 0].tolist() == real.tolist()
+        assert len(real) < batch.padded_tokens
+        assert flat.position_ids[:, 0].tolist() == torch.cat(
+            [batch.prefix_positions[prefix_used], batch.suffix_positions[row_used]]).tolist()
+        assert flat.adapters[-1] == batch.adapter_names[-1]
+    with torch.no_grad():  # bf16: the same products, so the same log-probs
+        for batch in batches:
+            torch.testing.assert_close(token_logprobs(model, batch).logprobs,
+                                       token_logprobs(model, batch, flat_tokens=False).logprobs, atol=1e-3, rtol=0)
+
+    to_fp32_base(model)
+    calls = []
+    real_pass = update_module.flat_hidden_states
+    monkeypatch.setattr(update_module, "flat_hidden_states", lambda *args: calls.append(1) or real_pass(*args))
+    grads = {}
+    for is_flat in (True, False):
+        model.zero_grad(set_to_none=True)
+        for batch in batches:
+            token_logprobs(model, batch, flat_tokens=is_flat).logprobs.sum().backward()
+        grads[is_flat] = lora_grads(model)
+    assert len(calls) == len(batches)  # the flat path ran once per batch, with flat_tokens only
+    assert relative_error(grads[True], grads[False]) < 1e-4
