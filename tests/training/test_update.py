@@ -518,10 +518,12 @@ def test_the_update_runs_grouped_attention_on_a_cpu_with_the_same_gradient(peft_
     assert relative_error(grads["grouped"], grads["sdpa"]) > 0  # two kernels really ran
 
 
-def test_flat_tokens_carry_only_the_real_tokens_and_give_the_padded_gradient(peft_model, monkeypatch):
+@pytest.mark.parametrize("lora_rows", ["stacked", "peft"])
+def test_flat_tokens_carry_only_the_real_tokens_and_give_the_padded_gradient(peft_model, monkeypatch, lora_rows):
     """A shared-prompt batch goes through the model as its real tokens alone (prefix
-    tokens, then row tokens, each with its own position), with attention in the padded
-    layout: its log-probs and gradient are the padded path's."""
+    tokens, then row tokens, each with its own position and adapter: stacked rows or
+    peft's mixed batches), with attention in the padded layout: its log-probs and
+    gradient are the padded path's."""
     from neuromas.runtime.training import update as update_module
     from neuromas.runtime.training.flat_tokens import flatten
 
@@ -539,8 +541,9 @@ def test_flat_tokens_carry_only_the_real_tokens_and_give_the_padded_gradient(pef
         assert flat.adapters[-1] == batch.adapter_names[-1]
     with torch.no_grad():  # bf16: the same products, so the same log-probs
         for batch in batches:
-            torch.testing.assert_close(token_logprobs(model, batch).logprobs,
-                                       token_logprobs(model, batch, flat_tokens=False).logprobs, atol=1e-3, rtol=0)
+            torch.testing.assert_close(token_logprobs(model, batch, lora_rows=lora_rows).logprobs,
+                                       token_logprobs(model, batch, flat_tokens=False, lora_rows=lora_rows).logprobs,
+                                       atol=1e-3, rtol=0)
 
     to_fp32_base(model)
     calls = []
@@ -550,7 +553,7 @@ def test_flat_tokens_carry_only_the_real_tokens_and_give_the_padded_gradient(pef
     for is_flat in (True, False):
         model.zero_grad(set_to_none=True)
         for batch in batches:
-            token_logprobs(model, batch, flat_tokens=is_flat).logprobs.sum().backward()
+            token_logprobs(model, batch, flat_tokens=is_flat, lora_rows=lora_rows).logprobs.sum().backward()
         grads[is_flat] = lora_grads(model)
     assert len(calls) == len(batches)  # the flat path ran once per batch, with flat_tokens only
     assert relative_error(grads[True], grads[False]) < 1e-4
