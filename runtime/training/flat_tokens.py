@@ -5,11 +5,11 @@ NeuroMAS-3 update a fifth of those tokens are padding (a third of a level's comp
 columns), and every matmul, norm and activation of the model pays for them. Only
 attention needs the padded layout. So here the model sees the micro-batch's real tokens
 as N rows of one token each (prefix tokens first, then row tokens): each with its own
-position, and its own adapter through the stacked per-row LoRA. Attention gathers them
-into the padded layout in every layer (`backends.attention.flat_attention`: each
-prefix over itself, each row over its prefix and itself, as the padded path's cache
-does) and gathers its outputs back. The products are the padded path's; gradients
-equal it (tests/training/test_update.py).
+position and, being a row to the per-row LoRA (stacked, or peft's), its own adapter.
+Attention gathers them into the padded layout in every layer
+(`backends.attention.flat_attention`: each prefix over itself, each row over its prefix
+and itself, as the padded path's cache does) and gathers its outputs back. The products
+are the padded path's; gradients equal it (tests/training/test_update.py).
 """
 
 from __future__ import annotations
