@@ -91,7 +91,7 @@ class _HeadLogprobs(torch.autograd.Function):
             chunk = slice(start, min(start + CHUNK_ROWS, rows))
             divisor = temperature[chunk].unsqueeze(1)  # (n, 1)
             logits = packed_linear(hidden[chunk].float().contiguous(), weight_fp32, bias_fp32).div_(divisor)  # (n, V)
-            log_probs = torch.log_softmax(logits, dim=1)  # (n, V): one fused kernel, 2-4x logsumexp and a sub
+            log_probs = torch.log_softmax(logits, dim=1)  # (n, V): one kernel, 2-4x faster than logsumexp and a sub
             logprobs[chunk] = log_probs.gather(1, targets[chunk].unsqueeze(1)).squeeze(1)
             if with_entropy:  # H = -E_p[log p]: non-negative terms, no cancellation
                 probs = log_probs.exp()
