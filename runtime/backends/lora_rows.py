@@ -118,7 +118,7 @@ class _RowMasks:
             mask = torch.zeros(self.count, 1, sum(ranks), dtype=torch.float32, device=device)
             offset = 0
             for name, rank in zip(present, ranks):
-                mask[self.rows.get(name, []), :, offset : offset + rank] = 1.0
+                mask[self.rows[name], :, offset : offset + rank] = 1.0
                 offset += rank
             self.masks[key] = mask
         return self.masks[key]
