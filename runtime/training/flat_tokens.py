@@ -38,17 +38,23 @@ class FlatBatch(NamedTuple):
 
 
 def flatten(batch: SharedPromptBatch, dtype: torch.dtype) -> FlatBatch:
-    """The flat batch of `batch`'s real tokens, its masks additive in `dtype`."""
+    """The flat batch of `batch`'s distinct real tokens, its masks additive in `dtype`."""
     units, prefix_len = batch.prefix_ids.shape
     rows, row_len = batch.suffix_ids.shape
     device = batch.prefix_ids.device
     prefix_used, row_used = batch.prefix_mask.bool(), batch.suffix_mask.bool()
-    prefix_real = prefix_used.flatten().nonzero().squeeze(1)  # (Np,)
-    row_real = row_used.flatten().nonzero().squeeze(1)  # (Ns,)
-    prefix_slots = torch.zeros(units * prefix_len, dtype=torch.long, device=device)
-    prefix_slots[prefix_real] = torch.arange(len(prefix_real), device=device)
-    row_slots = torch.zeros(rows * row_len, dtype=torch.long, device=device)
-    row_slots[row_real] = len(prefix_real) + torch.arange(len(row_real), device=device)
+    prefix_tokens, row_tokens = _SharedStarts(), _SharedStarts()
+    prefix_ends = [
+        prefix_tokens.add_sequence(None, batch.prefix_adapters[unit], prefix_used[unit], batch.prefix_ids[unit],
+                                   batch.prefix_positions[unit], first_slot=unit * prefix_len)
+        for unit in range(units)
+    ]
+    for row, unit in enumerate(batch.row_prefix.tolist()):
+        row_tokens.add_sequence(("prefix", prefix_ends[unit]), batch.adapter_names[row], row_used[row],
+                                batch.suffix_ids[row], batch.suffix_positions[row], first_slot=row * row_len)
+    prefix_slots = torch.tensor(prefix_tokens.slot_tokens(units * prefix_len), dtype=torch.long, device=device)
+    row_slots = len(prefix_tokens) + torch.tensor(row_tokens.slot_tokens(rows * row_len), dtype=torch.long,
+                                                  device=device)
     row_key_slots = torch.cat([prefix_slots.view(units, prefix_len)[batch.row_prefix], row_slots.view(rows, row_len)],
                               dim=1)  # (B, P + S)
 
@@ -62,23 +68,59 @@ def flatten(batch: SharedPromptBatch, dtype: torch.dtype) -> FlatBatch:
         prefix_slots=prefix_slots,
         row_slots=row_slots,
         row_key_slots=row_key_slots.flatten(),
-        prefix_real=prefix_real,
-        row_real=row_real,
+        prefix_real=torch.tensor(prefix_tokens.first_slots, dtype=torch.long, device=device),
+        row_real=torch.tensor(row_tokens.first_slots, dtype=torch.long, device=device),
         prefix_mask=_additive(prefix_allowed, dtype).unsqueeze(1),
         row_mask=_additive(row_allowed, dtype).unsqueeze(1),
     )
-    adapter_of = [batch.prefix_adapters[u] for u in (prefix_real // prefix_len).tolist()]
-    adapter_of += [batch.adapter_names[b] for b in (row_real // row_len).tolist()]
+    tokens = prefix_tokens.tokens + row_tokens.tokens  # (adapter, id, position) of each flat token
     width = batch.completion_ids.shape[1]
     return FlatBatch(
-        input_ids=torch.cat([batch.prefix_ids.flatten()[prefix_real], batch.suffix_ids.flatten()[row_real]])[:, None],
-        position_ids=torch.cat([batch.prefix_positions.flatten()[prefix_real],
-                                batch.suffix_positions.flatten()[row_real]])[:, None],
-        adapters=adapter_of,
+        input_ids=torch.tensor([[token_id] for _, token_id, _ in tokens], dtype=torch.long, device=device),
+        position_ids=torch.tensor([[position] for _, _, position in tokens], dtype=torch.long, device=device),
+        adapters=[adapter for adapter, _, _ in tokens],
         layout=layout,
         # The state at row column R - 1 + t predicts completion token t.
         completion_slots=row_slots.view(rows, row_len)[:, batch.rest_len - 1 : batch.rest_len - 1 + width],
     )
+
+
+class _SharedStarts:
+    """The distinct tokens of sequences that may share starts. Under one adapter, a token
+    whose id and position, and every token before it, equal another sequence's has the
+    same state in every layer (attention is causal): it is one flat token. Slots are the
+    padded layout's (sequence x column); a padding slot points at token 0, which the
+    masks hide."""
+
+    def __init__(self) -> None:
+        self.tokens: list[tuple[str, int, int]] = []  # (adapter, id, position)
+        self.first_slots: list[int] = []  # a slot of each token: where its attention output is taken
+        self._index: dict[tuple, int] = {}  # (previous token, token) -> token number
+        self._slots: dict[int, int] = {}  # slot -> token number
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add_sequence(self, start: object, adapter: str, used: Tensor, ids: Tensor, positions: Tensor,
+                     first_slot: int) -> object:
+        """Adds one padded sequence's real tokens after `start` (None, or what an earlier
+        call returned); returns its last token's key, `start` when it has none."""
+        previous, ids, positions = start, ids.tolist(), positions.tolist()
+        for column in used.nonzero().squeeze(1).tolist():
+            token = (adapter, ids[column], positions[column])
+            key = (previous, token)
+            number = self._index.get(key)
+            if number is None:
+                number = self._index[key] = len(self.tokens)
+                self.tokens.append(token)
+                self.first_slots.append(first_slot + column)
+            self._slots[first_slot + column] = number
+            previous = number
+        return previous
+
+    def slot_tokens(self, slots: int) -> list[int]:
+        """The flat token at each of `slots` padded slots (0 at padding)."""
+        return [self._slots.get(slot, 0) for slot in range(slots)]
 
 
 def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:

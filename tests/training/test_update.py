@@ -518,27 +518,55 @@ def test_the_update_runs_grouped_attention_on_a_cpu_with_the_same_gradient(peft_
     assert relative_error(grads["grouped"], grads["sdpa"]) > 0  # two kernels really ran
 
 
+def distinct_states(batch) -> set[tuple]:
+    """Each real token of a shared-prompt batch as (adapter, ids and positions up to it):
+    tokens equal in this have the same state in every layer."""
+    states = set()
+    for used, ids, positions, adapter, before in [
+        *((batch.prefix_mask[u].bool(), batch.prefix_ids[u], batch.prefix_positions[u], batch.prefix_adapters[u], ())
+          for u in range(len(batch.prefix_adapters))),
+        *((batch.suffix_mask[r].bool(), batch.suffix_ids[r], batch.suffix_positions[r], batch.adapter_names[r],
+           ("prefix", *batch.prefix_ids[p][batch.prefix_mask[p].bool()].tolist()))
+          for r, p in enumerate(batch.row_prefix.tolist())),
+    ]:
+        path = before
+        for token, position in zip(ids[used].tolist(), positions[used].tolist()):
+            path = (*path, token, position)
+            states.add((adapter, path))
+    return states
+
+
 @pytest.mark.parametrize("lora_rows", ["stacked", "peft"])
-def test_flat_tokens_carry_only_the_real_tokens_and_give_the_padded_gradient(peft_model, monkeypatch, lora_rows):
-    """A shared-prompt batch goes through the model as its real tokens alone (prefix
-    tokens, then row tokens, each with its own position and adapter: stacked rows or
-    peft's mixed batches), with attention in the padded layout: its log-probs and
-    gradient are the padded path's."""
+def test_flat_tokens_carry_only_the_distinct_real_tokens_and_give_the_padded_gradient(peft_model, monkeypatch,
+                                                                                      lora_rows):
+    """A shared-prompt batch goes through the model as its distinct real tokens alone
+    (prefix tokens, then row tokens, each with its own position and adapter: stacked rows
+    or peft's mixed batches; tokens whose adapter and history agree are one), with
+    attention in the padded layout: its log-probs and gradient are the padded path's."""
     from neuromas.runtime.training import update as update_module
     from neuromas.runtime.training.flat_tokens import flatten
 
     model, tokenizer, _ = peft_model
     rows = group_rows(tokenizer)
+    # Two more samples of a group, whose completions start as earlier ones do.
+    rows += [row._replace(sample=len(rows) + i, completion_ids=row.completion_ids[:3] + (11, 12))
+             for i, row in enumerate(rows[:2])]
     batches = micro_batches(rows, token_budget=10_000)
+    merged = 0
     for batch in batches:
         flat = flatten(batch, torch.bfloat16)
         prefix_used, row_used = batch.prefix_mask.bool(), batch.suffix_mask.bool()
+        layout = flat.layout
+        slots = torch.cat([layout.prefix_slots[prefix_used.flatten()], layout.row_slots[row_used.flatten()]])
         real = torch.cat([batch.prefix_ids[prefix_used], batch.suffix_ids[row_used]])
-        assert flat.input_ids[:, 0].tolist() == real.tolist()
-        assert len(real) < batch.padded_tokens
-        assert flat.position_ids[:, 0].tolist() == torch.cat(
+        assert flat.input_ids[slots, 0].tolist() == real.tolist()  # every real token has its flat one
+        assert flat.position_ids[slots, 0].tolist() == torch.cat(
             [batch.prefix_positions[prefix_used], batch.suffix_positions[row_used]]).tolist()
-        assert flat.adapters[-1] == batch.adapter_names[-1]
+        row_adapters = [batch.adapter_names[r] for r in (row_used.flatten().nonzero()[:, 0] // row_used.shape[1])]
+        assert [flat.adapters[t] for t in slots[prefix_used.sum():].tolist()] == row_adapters
+        assert len(flat.adapters) == len(distinct_states(batch)) <= len(real) < batch.padded_tokens
+        merged += len(real) - len(flat.adapters)
+    assert merged > 0
     with torch.no_grad():  # bf16: the same products, so the same log-probs
         for batch in batches:
             torch.testing.assert_close(token_logprobs(model, batch, lora_rows=lora_rows).logprobs,
