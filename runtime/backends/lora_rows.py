@@ -9,18 +9,15 @@ batch, (sum of ranks, in), and the scaled B matrices, (out, sum of ranks), once 
 call; a fixed (B, 1, sum of ranks) row mask keeps, for each row, only its own adapter
 (no mask where every row has the layer's one adapter):
 
-    delta = ((x @ A_stack.T) * row_mask) @ B_stack.T        # x: (B, T, in)
+    delta = ((x @ A_stack.T) * row_mask) @ B_stack.T        # x: (B, T, in), in fp32
 
-The stacks are cast from the adapters' fp32 weights to the base layer's dtype, so in a
-bf16 model the deltas are bf16 matmuls (which sum in fp32), in generation and in the
-update alike: fp32 deltas, rounded to bf16 where they join the base layer's bf16
-output anyway, cost an update 8% more on a CPU for no gain in agreement between the
-two. The output head runs in fp32 on the base's hidden states in both
-(`fp32_output_head` when sampling, `training.head_logprobs` in the update), so the
-sampler and the trained policy differ only by the base model's own rounding. The
+The deltas are computed in fp32 (the adapters' dtype) whatever the base dtype, in
+generation and in the update; the output head runs in fp32 on the base's hidden states
+in both (`fp32_output_head` when sampling, `training.head_logprobs` in the update), so
+the sampler and the trained policy differ only by the base model's own rounding. The
 stacks are built from peft's weights when the block starts (so training updates show,
-and gradients flow back to the fp32 weights when grad is on); nothing of peft's state
-changes, and leaving the block restores its forward.
+and gradients flow back to them when grad is on); nothing of peft's state changes, and
+leaving the block restores its forward.
 Only vanilla LoRA on Linear layers is computed this way; `supports_stacking` says when
 a model uses anything else (DoRA, LoRA biases, merged weights), so callers fall back to peft.
 """
@@ -74,6 +71,7 @@ def stacked_lora_rows(model: Any, adapter_names: Sequence[str]) -> Iterator[None
     """Within the block, row i of every forward pass uses adapter `adapter_names[i]`
     ("__base__" for none). The batch must keep B = len(adapter_names) rows."""
     adapters = sorted({name for name in adapter_names if name != BASE_ADAPTER})
+    as_fp32 = _LastFp32Copy()
     row_masks = _RowMasks(adapter_names)
     patched = []
     try:
@@ -82,12 +80,27 @@ def stacked_lora_rows(model: Any, adapter_names: Sequence[str]) -> Iterator[None
             # Every layer is patched: one untouched would apply peft's active adapter to all rows.
             # (A function, not the base Linear itself: assigning a Module would register it
             # as a child named "forward" and leave the class's forward in charge.)
-            module.forward = _stacked_forward(module, present, row_masks) if present else _base_forward(module)
+            module.forward = _stacked_forward(module, present, row_masks, as_fp32) if present else _base_forward(module)
             patched.append(module)
         yield
     finally:
+        as_fp32.last = None
         for module in patched:
             del module.forward  # back to the class's forward
+
+
+class _LastFp32Copy:
+    """x -> x in fp32, the copy made once for consecutive calls on the same tensor (the
+    q, k and v projections read one input: one cast, and in backward one gradient cast)."""
+
+    def __init__(self) -> None:
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.last is not None and self.last[0] is x:
+            return self.last[1]
+        self.last = (x, x.float())
+        return self.last[1]
 
 
 class _RowMasks:
@@ -101,13 +114,12 @@ class _RowMasks:
         self.count = len(adapter_names)
         self.masks: dict[tuple, torch.Tensor] = {}
 
-    def __call__(self, present: Sequence[str], ranks: Sequence[int], weight: torch.Tensor) -> torch.Tensor | None:
-        """The mask for a layer with adapters `present` of `ranks`, in `weight`'s dtype and device."""
+    def __call__(self, present: Sequence[str], ranks: Sequence[int], device: torch.device) -> torch.Tensor | None:
         if len(present) == 1 and len(self.rows[present[0]]) == self.count:
             return None
-        key = (tuple(present), tuple(ranks), weight.dtype, weight.device)
+        key = (tuple(present), tuple(ranks), device)
         if key not in self.masks:
-            mask = torch.zeros(self.count, 1, sum(ranks), dtype=weight.dtype, device=weight.device)
+            mask = torch.zeros(self.count, 1, sum(ranks), dtype=torch.float32, device=device)
             offset = 0
             for name, rank in zip(present, ranks):
                 mask[self.rows[name], :, offset : offset + rank] = 1.0
@@ -125,22 +137,21 @@ def _base_forward(module: Any) -> Any:
     return forward
 
 
-def _stacked_forward(module: Any, present: Sequence[str], row_masks: _RowMasks) -> Any:
-    base_layer = module.base_layer
-    dtype = base_layer.weight.dtype
+def _stacked_forward(module: Any, present: Sequence[str], row_masks: _RowMasks, as_fp32: _LastFp32Copy) -> Any:
     weights_a = [module.lora_A[name].weight for name in present]  # each (r, in)
-    a_stack = torch.cat(weights_a, dim=0).to(dtype)  # (R, in)
-    weights_b = [module.lora_B[name].weight * module.scaling[name] for name in present]  # each (out, r)
-    b_stack = torch.cat(weights_b, dim=1).to(dtype)  # (out, R)
-    row_mask = row_masks(present, [weight.shape[0] for weight in weights_a], a_stack)
-    a_t, b_t = a_stack.t(), b_stack.t()
+    a_stack = torch.cat([w.float() for w in weights_a], dim=0)  # (R, in)
+    weights_b = [module.lora_B[name].weight.float() * module.scaling[name] for name in present]  # each (out, r)
+    b_stack = torch.cat(weights_b, dim=1)  # (out, R)
+    row_mask = row_masks(present, [weight.shape[0] for weight in weights_a], a_stack.device)
+    a_t, b_t, base_layer = a_stack.t(), b_stack.t(), module.base_layer
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = base_layer(x, *args, **kwargs)
-        projected = x.to(dtype) @ a_t
+        projected = as_fp32(x) @ a_t  # fp32 whatever the base dtype
         if row_mask is not None:
             projected = projected * (row_mask if x.dim() == 3 else row_mask[:, 0])
-        return result + projected @ b_t
+        delta = projected @ b_t
+        return result + delta.to(result.dtype)
 
     return forward
 

@@ -28,11 +28,7 @@ from neuromas.runtime.training.loop import train
 from neuromas.runtime.training.session import TrainSettings, start_session
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = 12
-# Held-out gain over training seeds 0-3: 0.19, 0.59, 0.49, 0.52 (seed 0 settles on a plateau
-# near 0.2 reward); with the adapters' deltas in fp32 instead, 0.57, 0.33, 0.26, 0.53.
-# Seed 3 learns under either numeric path, so the test does not hang on rounding.
-SEED = 3
+STEPS = 12  # held-out gain over training seeds 0-3: 0.57, 0.33, 0.26, 0.53 (8 steps: 0.14-0.55)
 HELD_OUT = 8  # questions, each answered EVAL_GROUP times with the same seed before and after
 EVAL_GROUP = 2
 
@@ -69,8 +65,8 @@ def test_a_short_grpo_run_raises_held_out_reward(base_model, tmp_path, one_threa
     before_lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
     before = held_out_rewards(runtime, held_out)
 
-    task = Task("arithmetic", arithmetic(seed=0, n=64), seed=SEED)
-    session = start_session(plan, runtime, task, TrainSettings(steps=STEPS, save_every=STEPS, seed=SEED), tmp_path)
+    task = Task("arithmetic", arithmetic(seed=0, n=64), seed=0)
+    session = start_session(plan, runtime, task, TrainSettings(steps=STEPS, save_every=STEPS), tmp_path)
     rows = train(session)
     after = held_out_rewards(session.runtime, held_out)
 
