@@ -10,6 +10,13 @@ Attention gathers them into the padded layout in every layer
 (`backends.attention.flat_attention`: each prefix over itself, each row over its prefix
 and itself, as the padded path's cache does) and gathers its outputs back. The products
 are the padded path's; gradients equal it (tests/training/test_update.py).
+
+Tokens whose adapter, id and position agree with another sequence's, and whose earlier
+tokens all do, have the same state in every layer, so each such run is one flat token
+(`_SharedStarts`): the common start of prompts that packing keeps in separate prefixes
+(a template before the question), and the common start of a group's completions. On a
+single agent's rows (2 prompts x 8 samples) that is 15% of the tokens (607 -> 519); on
+NeuroMAS-3's, 8% (2,840 -> 2,624).
 """
 
 from __future__ import annotations
