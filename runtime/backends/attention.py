@@ -88,9 +88,10 @@ class FlatLayout(NamedTuple):
 
     prefix_slots: (U * P,), row_slots: (B * S,) and row_key_slots: (B * (P + S),), each
     row's prefix then its own columns: the flat token at each padded slot (at a padding
-    slot any token, which the masks hide). prefix_real: (Np,) and row_real: (Ns,), the
-    padded slots of the real tokens in flat order (N = Np + Ns). prefix_mask:
-    (U, 1, P, P) and row_mask: (B, 1, S, P + S), additive, as eager attention's.
+    slot any token, which the masks hide; a token shared by several sequences sits at
+    several slots). prefix_real: (Np,) and row_real: (Ns,), in flat order (N = Np + Ns),
+    the one slot of each flat token whose output is taken. prefix_mask: (U, 1, P, P) and
+    row_mask: (B, 1, S, P + S), additive, as eager attention's.
     """
 
     prefix_slots: torch.Tensor
