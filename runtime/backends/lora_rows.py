@@ -12,12 +12,13 @@ call; a fixed (B, 1, sum of ranks) row mask keeps, for each row, only its own ad
     delta = ((x @ A_stack.T) * row_mask) @ B_stack.T        # x: (B, T, in), in fp32
 
 The deltas are computed in fp32 (the adapters' dtype) whatever the base dtype, in
-generation and in the update; the output head runs in fp32 on the base's hidden states
-in both (`fp32_output_head` when sampling, `training.head_logprobs` in the update), so
-the sampler and the trained policy differ only by the base model's own rounding. The
-stacks are built from peft's weights when the block starts (so training updates show,
-and gradients flow back to them when grad is on); nothing of peft's state changes, and
-leaving the block restores its forward.
+generation and in the update (their backward runs in the base's dtype, `_StackedDelta`);
+the output head runs in fp32 on the base's hidden states in both (`fp32_output_head`
+when sampling, `training.head_logprobs` in the update), so the sampler and the trained
+policy differ only by the base model's own rounding. The stacks are built from peft's
+weights when the block starts (so training updates show, and gradients flow back to them
+when grad is on); nothing of peft's state changes, and leaving the block restores its
+forward.
 Only vanilla LoRA on Linear layers is computed this way; `supports_stacking` says when
 a model uses anything else (DoRA, LoRA biases, merged weights), so callers fall back to peft.
 """
@@ -90,8 +91,8 @@ def stacked_lora_rows(model: Any, adapter_names: Sequence[str]) -> Iterator[None
 
 
 class _LastFp32Copy:
-    """x -> x in fp32, the copy made once for consecutive calls on the same tensor (the
-    q, k and v projections read one input: one cast, and in backward one gradient cast)."""
+    """x -> a detached fp32 copy of x, made once for consecutive calls on the same tensor
+    (the q, k and v projections read one input: one cast)."""
 
     def __init__(self) -> None:
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -99,7 +100,7 @@ class _LastFp32Copy:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.last is not None and self.last[0] is x:
             return self.last[1]
-        self.last = (x, x.float())
+        self.last = (x, x.detach().float())
         return self.last[1]
 
 
@@ -143,17 +144,52 @@ def _stacked_forward(module: Any, present: Sequence[str], row_masks: _RowMasks, 
     weights_b = [module.lora_B[name].weight.float() * module.scaling[name] for name in present]  # each (out, r)
     b_stack = torch.cat(weights_b, dim=1)  # (out, R)
     row_mask = row_masks(present, [weight.shape[0] for weight in weights_a], a_stack.device)
-    a_t, b_t, base_layer = a_stack.t(), b_stack.t(), module.base_layer
+    base_layer = module.base_layer
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = base_layer(x, *args, **kwargs)
-        projected = as_fp32(x) @ a_t  # fp32 whatever the base dtype
-        if row_mask is not None:
-            projected = projected * (row_mask if x.dim() == 3 else row_mask[:, 0])
-        delta = projected @ b_t
-        return result + delta.to(result.dtype)
+        mask = None if row_mask is None else (row_mask if x.dim() == 3 else row_mask[:, 0])
+        return result + _StackedDelta.apply(x, as_fp32(x), a_stack, b_stack, mask, result.dtype)
 
     return forward
+
+
+class _StackedDelta(torch.autograd.Function):
+    """x -> ((x @ A.T) * mask) @ B.T in fp32 (the adapters' dtype), returned in the base's
+    dtype: the delta that sampling and the update both add to the base's output.
+
+    Its backward runs in the gradient's dtype, the base's: in bf16, four bf16 matmuls
+    (half the time of fp32 ones on a CPU) whose products reach the adapters' fp32
+    gradients, as every gradient below the head already is a bf16 one. The forward, the
+    policy itself, stays fp32. In fp32 the backward is autograd's own products."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, x_fp32: torch.Tensor, a_stack: torch.Tensor, b_stack: torch.Tensor,
+                mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        projected = x_fp32 @ a_stack.t()  # (..., R)
+        if mask is not None:
+            projected = projected * mask
+        ctx.save_for_backward(x, projected, a_stack, b_stack, mask)
+        return (projected @ b_stack.t()).to(dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, projected, a_stack, b_stack, mask = ctx.saved_tensors
+        dtype = grad.dtype
+        grad_projected = grad @ b_stack.to(dtype)  # (..., R)
+        if mask is not None:
+            grad_projected = grad_projected * mask.to(dtype)
+        grad_x = grad_projected @ a_stack.to(dtype) if ctx.needs_input_grad[0] else None
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[2]:
+            grad_a = (_rows(grad_projected).t() @ _rows(x).to(dtype)).float()  # (R, in)
+        if ctx.needs_input_grad[3]:
+            grad_b = (_rows(grad).t() @ _rows(projected).to(dtype)).float()  # (out, R)
+        return grad_x, None, grad_a, grad_b, None, None
+
+
+def _rows(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(-1, tensor.shape[-1])
 
 
 @contextmanager

@@ -34,6 +34,7 @@ PREFIX = "step-"
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 OPTIMIZER_FORMAT = "adamw-by-name-v2"  # older checkpoints saved torch's positional state_dict
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")  # how an optimizer steps, not what
 REJECTED = "rejected"  # checkpoints a resume skipped are moved here, for the user to inspect
 _REPLACED = ".replaced-"  # an older checkpoint of the same step, while its successor moves in
 
@@ -282,10 +283,12 @@ def load_optimizer_state(
                         f"{len(optimizer.param_groups)}")
     try:
         # torch matches a state_dict's parameter ids to the optimizer's parameters by position,
-        # so the ids are the current optimizer's own order; the hyperparameters are the saved ones.
+        # so the ids are the current optimizer's own order; the hyperparameters are the saved
+        # ones, the implementation (fused or not) this optimizer's.
         groups, offset = [], 0
         for saved_group, group in zip(saved["param_groups"], optimizer.param_groups, strict=True):
             hyper = {k: v for k, v in saved_group.items() if k != "params"}
+            hyper.update({k: group[k] for k in IMPLEMENTATION_KEYS if k in group})
             groups.append({**hyper, "params": list(range(offset, offset + len(group["params"])))})
             offset += len(group["params"])
         positional = {"param_groups": groups, "state": {index_of[key]: value for key, value in saved["state"].items()}}

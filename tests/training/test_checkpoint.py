@@ -312,6 +312,36 @@ def test_an_old_positional_optimizer_file_maps_through_its_plan_or_is_refused(ti
         load_checkpoint(path, model, ["slot_a", "slot_b"], fresh, is_grown_stage=True)
 
 
+def test_a_checkpoint_loads_into_the_fused_optimizer_and_keeps_it_fused(tiny_peft, tmp_path):
+    """Moments written by torch's per-tensor AdamW (older runs) load into the fused one
+    training now makes (`make_optimizer`); the saved hyperparameters are restored, the
+    fused implementation kept, and the next step is the per-tensor one's."""
+    from neuromas.runtime.training.update import make_optimizer
+
+    model, optimizer = tiny_peft  # per-tensor AdamW, one step taken
+    assert not optimizer.param_groups[0]["fused"]
+    path = save_checkpoint(tmp_path, model, ["slot_a", "slot_b"], optimizer, TrainState(1, 1, 0, "sha256:x"))
+    params = [p for name, p in model.named_parameters() if "lora_" in name]
+    fused = make_optimizer(params, lr=0.5)
+    assert fused.param_groups[0]["fused"]
+    load_checkpoint(path, model, ["slot_a", "slot_b"], fused)
+    assert fused.param_groups[0]["fused"] and fused.param_groups[0]["lr"] == 0.1  # implementation kept, lr saved
+    assert _moments_by_name(model, fused).keys() == _moments_by_name(model, optimizer).keys()
+
+    before = [p.detach().clone() for p in params]
+    grads = [torch.randn_like(p) for p in params]
+    for step_with in (optimizer, fused):
+        with torch.no_grad():
+            for p, b, g in zip(params, before, grads, strict=True):
+                p.copy_(b)
+                p.grad = g.clone()
+        step_with.step()
+        if step_with is optimizer:
+            expected = [p.detach().clone() for p in params]
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-6)
+
+
 class _Payload:
     """Unpickling this runs a shell command: what a crafted checkpoint file could hold."""
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuromas.runtime.training.head_logprobs import CHUNK_ROWS, head_logprobs
+from neuromas.runtime.training.head_logprobs import CHUNK_ROWS, _distinct_states, head_logprobs
 
-ROWS, HIDDEN, VOCAB = 2 * CHUNK_ROWS + 7, 48, 1000  # three chunks, the last one short
+ROWS, HIDDEN, VOCAB = 2 * CHUNK_ROWS + 7, 48, 1000  # more than two chunks' worth
 
 
 def plain(hidden, weight, bias, targets, temperature):
@@ -31,7 +31,14 @@ def test_head_logprobs_equal_a_plain_log_softmax(dtype, grad_tolerance, with_bia
     temperature = torch.rand(ROWS) + 0.5
     upstream = torch.randn(ROWS)
 
-    hidden = torch.randn(ROWS, HIDDEN).to(dtype).requires_grad_()
+    hidden = torch.randn(ROWS, HIDDEN).to(dtype)
+    hidden[40:60] = hidden[10]  # one state for 21 tokens, at two temperatures: two rows of logits
+    temperature[40:60] = temperature[10]
+    temperature[55:60] = 2.0
+    hidden[ROWS - 30 :] = hidden[5:35]  # repeats spread over chunks
+    temperature[ROWS - 30 :] = temperature[5:35]
+    assert len(_distinct_states(hidden, temperature).hidden) == ROWS - 50 + 1
+    hidden.requires_grad_()
     scores = head_logprobs(hidden, weight, bias, targets, temperature, with_entropy=True)
     (scores.logprobs * upstream).sum().backward()
 
