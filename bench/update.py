@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     row_advantages = advantages[[row.sample for row in rows]]
     tokens = sum(len(row.completion_ids) for row in rows)
     single = [row._replace(adapter=rows[0].adapter) for row in rows]
-    optimizer = torch.optim.AdamW(params, lr=0.0)  # every step's work, adapters unchanged
+    optimizer = update.make_optimizer(params, lr=0.0)  # every step's work, adapters unchanged
+    old_optimizer = torch.optim.AdamW(params, lr=0.0)  # the baseline's
     config = update.UpdateConfig(clip=0.2, kl_coef=0.0, loss_norm="token", grad_clip=1.0)
     old = before_update()
     old_config = old.UpdateConfig(clip=0.2, kl_coef=0.0, loss_norm="token", grad_clip=1.0)
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return tokens
 
     def baseline_step():
-        old.update_step(model, optimizer, params, old.micro_batches(old_rows), None, None, row_advantages, old_config)
+        old.update_step(model, old_optimizer, params, old.micro_batches(old_rows), None, None, row_advantages,
+                        old_config)
         return tokens
 
     variants = {
