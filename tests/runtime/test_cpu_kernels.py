@@ -157,7 +157,7 @@ def test_the_stacked_lora_delta_is_fp32_forward_and_gives_autograds_gradient():
         error = ((g - e).norm() / e.norm()).item()
         assert 0 < error < 1e-2  # bf16 rounding: measured 0.3-0.4%
 
-    x_frozen = x_bf16  # an input without grad (the first layer's) gets none, and costs no matmul
+    x_frozen = x_bf16  # an input without grad (the first layer's) gets none
     a, b = a_stack.clone().requires_grad_(), b_stack.clone().requires_grad_()
     _StackedDelta.apply(x_frozen, x_frozen.float(), a, b, None, x_frozen.dtype).float().sum().backward()
     assert x_frozen.grad is None and a.grad is not None and b.grad is not None
