@@ -103,7 +103,7 @@ class _HeadLogprobs(torch.autograd.Function):
                 if not with_entropy:
                     probs = log_probs.exp_()
                 mean_row = (probs.to(weight.dtype) @ weight).float()  # (n, H): E_p[W]
-                slope[tokens] = (weight_fp32[targets[tokens]] - mean_row[state]) / temperature[tokens].unsqueeze(1)
+                slope[tokens] = (weight_fp32[targets[tokens]] - mean_row[state]) / divisor[state]
         if needs_grad:
             ctx.save_for_backward(slope)
         ctx.hidden_dtype = hidden.dtype

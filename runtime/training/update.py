@@ -9,9 +9,10 @@ nodes (adapter None) go through the base model (`__base__`) and get no gradient.
 
 Base weights stay frozen in their own dtype (bf16 where the CPU computes it natively,
 so the base's matmuls run in bf16); the adapters are trained in fp32, their deltas are
-computed in fp32 (backward in the base's dtype, as the base's own), and the frozen output head runs in fp32 on the real completion tokens
-only (`head_logprobs`: no (tokens x vocabulary) logits are kept), so that log-probs are
-not rounded to bf16, exactly as during sampling.
+computed in fp32 (backward in the base's dtype, as the base's own), and the frozen
+output head runs in fp32 on the real completion tokens only (`head_logprobs`: no
+(tokens x vocabulary) logits are kept), so that log-probs are not rounded to bf16,
+exactly as during sampling.
 
 Where rows carry the sampler's log-probs, each token's loss is weighted by the truncated
 importance ratio min(pi_old / pi_sampler, cap): in bf16 the base model's rounding alone
