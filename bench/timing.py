@@ -54,6 +54,7 @@ def interleaved(
         for name in order:
             started, cpu_started = time.perf_counter(), time.process_time()
             value = variants[name]()
+            _wait_for_gpu()
             runs[name].append({"wall_s": time.perf_counter() - started,
                                "cpu_s": time.process_time() - cpu_started, "value": value})
         rounds += 1
@@ -86,6 +87,13 @@ def _rate(run: dict[str, Any], clock: str) -> float:
     return work / run[f"{clock}_s"]
 
 
+def _wait_for_gpu() -> None:
+    """Wait for queued GPU work, so that a variant's time includes it (nothing on a CPU)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def medians(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {clock: statistics.median(run[clock] for run in runs) for clock in ("wall_s", "cpu_s")}
 
@@ -94,5 +102,6 @@ def machine() -> str:
     """The hardware a result was measured on, for its JSON and table."""
     import torch
 
-    return (f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+    gpu = f"{torch.cuda.get_device_name()}, " if torch.cuda.is_available() else ""
+    return (f"{gpu}{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
             f"{torch.get_num_threads()} thread(s)")

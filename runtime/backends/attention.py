@@ -15,9 +15,9 @@ the softmax eager's: fp32, rounded to the scores' dtype (`softmax_rounded`), wit
 backward in that dtype. On a CPU that is faster than torch's bf16 softmax (1.6x forward,
 1.3x with the backward, at an update's sizes), whose output differs from it in one
 element in 10^5. The update uses it for every pass (its scoring passes must match its
-gradient pass); sampling uses it for decoding steps and torch's kernel for prefills
-(`sampling_attention`). The update's shared-prompt batches run it from a flat layout
-(`flat_attention`, `training.flat_tokens`). `cpu_attention(model, name)` switches a model
+gradient pass); sampling uses it for decoding steps (`sampling_attention`). The
+update's shared-prompt batches and sampling's prefills run it from a flat layout
+(`flat_attention`: `training.flat_tokens`, `flat_prefill`). `cpu_attention(model, name)` switches a model
 to one of them inside a block when the model is on a CPU; other devices keep their kernel.
 """
 
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 NAME = "neuromas_grouped"  # every pass: the update (forward and backward) and its scoring passes
-SAMPLING_NAME = "neuromas_sampling"  # decoding steps grouped, prefills by torch's kernel
-FLAT_NAME = "neuromas_flat"  # the update's flat layout (`flat_attention`): no mask is made for it
+SAMPLING_NAME = "neuromas_sampling"  # decoding steps grouped, padded prefills by torch's kernel
+FLAT_NAME = "neuromas_flat"  # flat layouts (`flat_attention`): no mask is made for them
 
 
 def grouped_attention(
@@ -93,8 +93,9 @@ class _SoftmaxRounded(torch.autograd.Function):
 
 def sampling_attention(module: nn.Module, query: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     """`grouped_attention` for decoding steps (one query position); torch's kernel for a
-    prefill, where it is 3-4x faster without a backward (the fp32 softmax over a
-    (rows, heads, prompt, cache) tensor is the slow part of the matmul form)."""
+    padded prefill (`flat_prefill` runs the others), where it is 3-4x faster without a
+    backward (the fp32 softmax over a (rows, heads, prompt, cache) tensor is the slow
+    part of the matmul form)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if query.shape[2] == 1:
@@ -124,6 +125,49 @@ class FlatLayout(NamedTuple):
     row_mask: torch.Tensor
 
 
+class SharedStarts:
+    """The distinct tokens of sequences that may share starts. Under one adapter, a token
+    whose id and position, and every token before it, equal another sequence's has the
+    same state in every layer (attention is causal): it is one flat token. Slots are the
+    padded layout's (sequence x column); a padding slot points at token 0, which the
+    masks hide."""
+
+    def __init__(self) -> None:
+        self.tokens: list[tuple[str, int, int]] = []  # (adapter, id, position)
+        self.first_slots: list[int] = []  # a slot of each token: where its attention output is taken
+        self._index: dict[tuple, int] = {}  # (previous token, token) -> token number
+        self._slots: dict[int, int] = {}  # slot -> token number
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add_sequence(self, start: object, adapter: str, used: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor,
+                     first_slot: int) -> object:
+        """Adds one padded sequence's real tokens after `start` (None, or what an earlier
+        call returned); returns its last token's key, `start` when it has none."""
+        previous, ids, positions = start, ids.tolist(), positions.tolist()
+        for column in used.nonzero().squeeze(1).tolist():
+            token = (adapter, ids[column], positions[column])
+            key = (previous, token)
+            number = self._index.get(key)
+            if number is None:
+                number = self._index[key] = len(self.tokens)
+                self.tokens.append(token)
+                self.first_slots.append(first_slot + column)
+            self._slots[first_slot + column] = number
+            previous = number
+        return previous
+
+    def slot_tokens(self, slots: int) -> list[int]:
+        """The flat token at each of `slots` padded slots (0 at padding)."""
+        return [self._slots.get(slot, 0) for slot in range(slots)]
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Eager attention's additive mask: 0 where `allowed`, the dtype's minimum elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
 def flat_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -134,32 +178,36 @@ def flat_attention(
     dropout: float = 0.0,
     *,
     flat_layout: FlatLayout,
+    key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature over a flat batch: query (N, H, 1, D),
     key and value (N, Hkv, 1, D) -> output (N, 1, H, D). Gathered into `flat_layout`'s
-    padded prefixes and rows, run by `grouped_attention`, gathered back."""
+    padded prefixes (there may be none) and rows, run by `grouped_attention`, gathered
+    back. `key_values`, when given, receives each layer's (key, value) (N, Hkv, D)."""
     layout = flat_layout
     queries, keys, values = (states[:, :, 0] for states in (query, key, value))  # (N, heads, D)
+    if key_values is not None:
+        key_values.append((keys, values))
     units, prefix_len = layout.prefix_mask.shape[0], layout.prefix_mask.shape[-1]
     rows, row_len = layout.row_mask.shape[0], layout.row_mask.shape[2]
+    heads, dim = query.shape[1], query.shape[3]
 
     def padded(states: torch.Tensor, slots: torch.Tensor, count: int) -> torch.Tensor:
         gathered = states.index_select(0, slots)  # (count * width, heads, D)
         return gathered.view(count, -1, *states.shape[1:]).transpose(1, 2)  # (count, heads, width, D)
 
-    prefix_out, _ = grouped_attention(
-        module, padded(queries, layout.prefix_slots, units), padded(keys, layout.prefix_slots, units),
-        padded(values, layout.prefix_slots, units), layout.prefix_mask, scaling, dropout)
+    outputs = []
+    if units:
+        prefix_out, _ = grouped_attention(
+            module, padded(queries, layout.prefix_slots, units), padded(keys, layout.prefix_slots, units),
+            padded(values, layout.prefix_slots, units), layout.prefix_mask, scaling, dropout)
+        outputs.append(prefix_out.reshape(units * prefix_len, heads, dim).index_select(0, layout.prefix_real))
     row_out, _ = grouped_attention(
         module, padded(queries, layout.row_slots, rows), padded(keys, layout.row_key_slots, rows),
         padded(values, layout.row_key_slots, rows), layout.row_mask, scaling, dropout)
-    heads, dim = query.shape[1], query.shape[3]
-    output = torch.cat([
-        prefix_out.reshape(units * prefix_len, heads, dim).index_select(0, layout.prefix_real),
-        row_out.reshape(rows * row_len, heads, dim).index_select(0, layout.row_real),
-    ])  # (N, heads, D)
-    return output.unsqueeze(1), None
+    outputs.append(row_out.reshape(rows * row_len, heads, dim).index_select(0, layout.row_real))
+    return torch.cat(outputs).unsqueeze(1), None  # (N, 1, heads, D)
 
 
 def register() -> None:

@@ -223,5 +223,21 @@ def fp32_output_head(model: Any, *, packed: bool = False) -> Iterator[None]:
         del head.forward
 
 
+@contextmanager
+def head_skipped(model: Any) -> Iterator[Any]:
+    """Within the block the model's output head returns its input, so a forward pass's
+    `.logits` are the final hidden states; yields the head (for `head_logprobs`)."""
+    head = model.get_output_embeddings()
+    head.forward = _identity
+    try:
+        yield head
+    finally:
+        del head.forward
+
+
+def _identity(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden
+
+
 fp32_copy = PerWeight(lambda weight: weight.float())  # a frozen weight's fp32 copy, made once
 

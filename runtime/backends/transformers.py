@@ -9,8 +9,9 @@ The LoRA deltas and the output head are computed in fp32, by the same code as th
 update's log-probs (`lora_rows`), so the sampler is the trained policy up to the
 base model's own bf16 rounding. On a CPU, decoding steps attend by grouped matmuls
 (`attention`; torch's kernel costs 5-10x more a step) and the linears run from weights
-packed once (`packed_linear`; 1.3x faster, the same results). Rows that share
-a prompt and an adapter (the samples of one node in a GRPO group) prefill it once.
+packed once (`packed_linear`; 1.3x faster, the same results). Prompts are prefilled
+once per shared start: a GRPO group's samples of one node share their prompt, or its
+start (`flat_prefill`, on a CPU, where padding is not computed either).
 
 Sampling is done by `sampler.RowSampler`, the last logits processor: it applies each
 row's temperature and top-p, draws each row's token itself, records its log-probability,
@@ -41,6 +42,7 @@ from neuromas.plan import Plan
 
 from .attention import SAMPLING_NAME, cpu_attention
 from .base import BackendStats, FinishReason, GenRequest, GenResult
+from .flat_prefill import flat_prefill
 from .lora_rows import BASE_ADAPTER, fp32_output_head, row_adapters
 from .packed_linear import packed_linears
 from .sampler import RowSampler
@@ -56,8 +58,8 @@ class TransformersBackend:
     consecutive chunks (None: never) to bound memory; it is still one `generate` call
     for the runtime and for `stats`. `lora_rows` picks how rows get their adapters
     (see the module docstring); "stacked" falls back to "peft" for LoRA variants it
-    does not compute. `share_prompts`: rows with the same prompt and adapter prefill it
-    once (`_prefill_shared_prompts`). `cpu_kernels`: on a CPU, linears run from prepacked
+    does not compute. `share_prompts`: shared prompt starts are prefilled once
+    (`_prefill`). `cpu_kernels`: on a CPU, linears run from prepacked
     weights (`packed_linear`) and attention as grouped matmuls (`attention`).
     """
 
@@ -163,12 +165,12 @@ class TransformersBackend:
         cache = StaticCache(
             config=self.model.config.get_text_config(), max_cache_len=prompt_length + config.max_new_tokens
         )
-        context, extra = self.adapter_rows([r.adapter for r in requests])
+        context, extra = self.adapter_rows([r.adapter for r in requests])  # checks the names first
+        if self.share_prompts:  # before `context`: it sets its own rows' adapters
+            self._prefill(requests, input_ids, attention_mask, cache)
         model = self.model
         kernels = sampling_kernels(model) if self.cpu_kernels else nullcontext()
         with torch.inference_mode(), kernels, fp32_output_head(model, packed=self.cpu_kernels):
-            if self.share_prompts:  # before `context`: it sets its own rows' adapters
-                self._prefill_shared_prompts(requests, input_ids, attention_mask, cache)
             with context:
                 sequences = model.generate(
                     input_ids=input_ids,
@@ -186,13 +188,27 @@ class TransformersBackend:
             for row, request in enumerate(requests)
         ]
 
+    def _prefill(
+        self, requests: Sequence[GenRequest], input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any
+    ) -> None:
+        """Fill `cache` with every prompt but its last token, each shared start once;
+        `generate` then starts from the last prompt token. On a CPU (with `cpu_kernels`)
+        as flat tokens (`flat_prefill`: common starts once, no padding); elsewhere rows
+        with the same (prompt, adapter) share one padded prefill (`_prefill_shared_prompts`)."""
+        if self.cpu_kernels:
+            names = [request.adapter or BASE_ADAPTER for request in requests]
+            if flat_prefill(self.model, input_ids, attention_mask, names, cache, prefer_peft=self.lora_rows == "peft"):
+                return
+        with torch.inference_mode():
+            self._prefill_shared_prompts(requests, input_ids, attention_mask, cache)
+
     def _prefill_shared_prompts(
         self, requests: Sequence[GenRequest], input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any
     ) -> None:
         """Where rows share (prompt, adapter), as a GRPO group's samples of one node do, run
         each distinct one's prompt but its last token once and copy its keys and values
-        into every row of `cache`; `generate` then starts from the last prompt token.
-        Nothing is shared when every row is distinct (or a prompt is one token long)."""
+        into every row of `cache`. Nothing is shared when every row is distinct (or a
+        prompt is one token long): `generate` prefills them itself."""
         keys = [(tuple(r.prompt_ids), r.adapter) for r in requests]
         distinct = list(dict.fromkeys(keys))
         if len(distinct) == len(keys) or min(len(r.prompt_ids) for r in requests) < 2:

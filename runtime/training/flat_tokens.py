@@ -13,7 +13,7 @@ are the padded path's; gradients equal it (tests/training/test_update.py).
 
 Tokens whose adapter, id and position agree with another sequence's, and whose earlier
 tokens all do, have the same state in every layer, so each such run is one flat token
-(`_SharedStarts`): the common start of prompts that packing keeps in separate prefixes
+(`SharedStarts`): the common start of prompts that packing keeps in separate prefixes
 (a template before the question), and the common start of a group's completions. On a
 single agent's rows (2 prompts x 8 samples) that is 15% of the tokens (607 -> 519); on
 NeuroMAS-3's, 8% (2,840 -> 2,624).
@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..backends.attention import FlatLayout
+from ..backends.attention import FlatLayout, SharedStarts, additive_mask
 from ..backends.lora_rows import row_adapters
 from .packing import SharedPromptBatch
 
@@ -50,7 +50,7 @@ def flatten(batch: SharedPromptBatch, dtype: torch.dtype) -> FlatBatch:
     rows, row_len = batch.suffix_ids.shape
     device = batch.prefix_ids.device
     prefix_used, row_used = batch.prefix_mask.bool(), batch.suffix_mask.bool()
-    prefix_tokens, row_tokens = _SharedStarts(), _SharedStarts()
+    prefix_tokens, row_tokens = SharedStarts(), SharedStarts()
     prefix_ends = [
         prefix_tokens.add_sequence(None, batch.prefix_adapters[unit], prefix_used[unit], batch.prefix_ids[unit],
                                    batch.prefix_positions[unit], first_slot=unit * prefix_len)
@@ -77,8 +77,8 @@ def flatten(batch: SharedPromptBatch, dtype: torch.dtype) -> FlatBatch:
         row_key_slots=row_key_slots.flatten(),
         prefix_real=torch.tensor(prefix_tokens.first_slots, dtype=torch.long, device=device),
         row_real=torch.tensor(row_tokens.first_slots, dtype=torch.long, device=device),
-        prefix_mask=_additive(prefix_allowed, dtype).unsqueeze(1),
-        row_mask=_additive(row_allowed, dtype).unsqueeze(1),
+        prefix_mask=additive_mask(prefix_allowed, dtype).unsqueeze(1),
+        row_mask=additive_mask(row_allowed, dtype).unsqueeze(1),
     )
     tokens = prefix_tokens.tokens + row_tokens.tokens  # (adapter, id, position) of each flat token
     width = batch.completion_ids.shape[1]
@@ -90,48 +90,6 @@ def flatten(batch: SharedPromptBatch, dtype: torch.dtype) -> FlatBatch:
         # The state at row column R - 1 + t predicts completion token t.
         completion_slots=row_slots.view(rows, row_len)[:, batch.rest_len - 1 : batch.rest_len - 1 + width],
     )
-
-
-class _SharedStarts:
-    """The distinct tokens of sequences that may share starts. Under one adapter, a token
-    whose id and position, and every token before it, equal another sequence's has the
-    same state in every layer (attention is causal): it is one flat token. Slots are the
-    padded layout's (sequence x column); a padding slot points at token 0, which the
-    masks hide."""
-
-    def __init__(self) -> None:
-        self.tokens: list[tuple[str, int, int]] = []  # (adapter, id, position)
-        self.first_slots: list[int] = []  # a slot of each token: where its attention output is taken
-        self._index: dict[tuple, int] = {}  # (previous token, token) -> token number
-        self._slots: dict[int, int] = {}  # slot -> token number
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def add_sequence(self, start: object, adapter: str, used: Tensor, ids: Tensor, positions: Tensor,
-                     first_slot: int) -> object:
-        """Adds one padded sequence's real tokens after `start` (None, or what an earlier
-        call returned); returns its last token's key, `start` when it has none."""
-        previous, ids, positions = start, ids.tolist(), positions.tolist()
-        for column in used.nonzero().squeeze(1).tolist():
-            token = (adapter, ids[column], positions[column])
-            key = (previous, token)
-            number = self._index.get(key)
-            if number is None:
-                number = self._index[key] = len(self.tokens)
-                self.tokens.append(token)
-                self.first_slots.append(first_slot + column)
-            self._slots[first_slot + column] = number
-            previous = number
-        return previous
-
-    def slot_tokens(self, slots: int) -> list[int]:
-        """The flat token at each of `slots` padded slots (0 at padding)."""
-        return [self._slots.get(slot, 0) for slot in range(slots)]
-
-
-def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def flat_hidden_states(

@@ -24,11 +24,10 @@ the bf16 layers below).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..backends.lora_rows import fp32_copy
 from ..backends.packed_linear import packed_linear
@@ -59,22 +58,6 @@ def head_logprobs(
     scores = _HeadLogprobs.apply(hidden, weight, bias, targets, temperature.float(), with_entropy)
     logprobs, entropy = scores
     return HeadScores(logprobs=logprobs, entropy=entropy if with_entropy else None)
-
-
-@contextmanager
-def head_skipped(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block the model's output head returns its input, so a forward pass's
-    `.logits` are the final hidden states; yields the head (for `head_logprobs`)."""
-    head = model.get_output_embeddings()
-    head.forward = _identity
-    try:
-        yield head
-    finally:
-        del head.forward
-
-
-def _identity(hidden: Tensor) -> Tensor:
-    return hidden
 
 
 class _HeadLogprobs(torch.autograd.Function):

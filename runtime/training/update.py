@@ -42,11 +42,11 @@ import torch
 from torch import Tensor, nn
 
 from ..backends.attention import FLAT_NAME, NAME, cpu_attention
-from ..backends.lora_rows import row_adapters
+from ..backends.lora_rows import head_skipped, row_adapters
 from ..backends.transformers import cache_argument
 from ..failures import in_phase
 from .flat_tokens import flat_hidden_states
-from .head_logprobs import head_logprobs, head_skipped
+from .head_logprobs import head_logprobs
 from .loss import LossNorm, policy_terms, reduce_loss
 from .packing import (
     BASE_ADAPTER,

@@ -245,10 +245,15 @@ def test_draws_over_many_blocks_follow_the_distribution_and_give_its_log_probs()
     assert torch.allclose(logprobs, torch.log_softmax(noisy, -1).gather(1, tokens).squeeze(1), atol=1e-5)
 
 
-def test_rows_sharing_a_prompt_prefill_it_once_and_sample_the_same_tokens(two_adapter_backend):
-    """A GRPO group: three samples of each of two nodes, plus a row of its own. With the
-    shared prefill the rows get the same tokens and log-probs as with a prefill per row."""
+@pytest.mark.parametrize("cpu_kernels", [True, False])
+def test_shared_prompt_starts_prefill_once_and_sample_the_same_tokens(two_adapter_backend, cpu_kernels):
+    """A GRPO group: three samples of each of two nodes, plus a row of its own whose prompt
+    shares only the chat template's start. The flat prefill (CPU kernels) computes each
+    distinct (adapter, prompt start) once; the padded one (other devices) each distinct
+    (adapter, prompt). Either way the rows get the same tokens and log-probs as with a
+    padded prefill per row."""
     backend = two_adapter_backend
+    backend.cpu_kernels = cpu_kernels
     tokenizer = backend.tokenizer
     settings = Generation(max_tokens=6, temperature=1.0, top_p=1.0)
     shared = chat_ids(tokenizer, PROMPTS[2])
@@ -265,7 +270,14 @@ def test_rows_sharing_a_prompt_prefill_it_once_and_sample_the_same_tokens(two_ad
         own_results = backend.generate(requests, seed=7)
     finally:
         del backend.model.forward
-    assert prefill[0] == 3  # two shared prompts and the row of its own, each once
+    starts = {(r.adapter, tuple(r.prompt_ids[: i + 1])) for r in requests for i in range(len(r.prompt_ids) - 1)}
+    own_start = next(i for i, (a, b) in enumerate(zip(requests[-1].prompt_ids, shared)) if a != b)
+    assert own_start > 5  # the template's start, computed once for both of node-hidden-0's prompts
+    assert len(starts) == 2 * (len(shared) - 1) + len(requests[-1].prompt_ids) - 1 - own_start
+    if cpu_kernels:
+        assert prefill == (len(starts), 1)  # one flat token per distinct start, no padding
+    else:
+        assert prefill[0] == 3  # two shared prompts and the row of its own, each once
     for a, b in zip(shared_results, own_results, strict=True):
         assert a.completion_ids == b.completion_ids
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
