@@ -4,8 +4,9 @@
 one batch; `vllm` runs the vLLM engine in-process; `server` talks to OpenAI-compatible
 vLLM servers. All speak `GenRequest`/`GenResult`. The numeric path that sampling and the
 update share lives here too: `lora_rows` (per-row adapters, the fp32 head), `attention`
-(grouped-query attention as matmuls on a CPU) and `packed_linear` (weights packed once
-for a CPU's matmuls); `sampler` draws each row's token and records its log-prob. This
+(grouped-query attention as matmuls on a CPU, and its flat layouts) and `packed_linear`
+(weights packed once for a CPU's matmuls); `flat_prefill` prefills a call's prompts as
+flat tokens; `sampler` draws each row's token and records its log-prob. This
 room may import `models`; it knows nothing of tasks or training.
 """
 
