@@ -17,8 +17,9 @@ backward in that dtype. On a CPU that is faster than torch's bf16 softmax (1.6x 
 element in 10^5. The update uses it for every pass (its scoring passes must match its
 gradient pass); sampling uses it for decoding steps (`sampling_attention`). The
 update's shared-prompt batches and sampling's prefills run it from a flat layout
-(`flat_attention`: `training.flat_tokens`, `flat_prefill`). `cpu_attention(model, name)` switches a model
-to one of them inside a block when the model is on a CPU; other devices keep their kernel.
+(`flat_attention`: `training.flat_tokens`, `flat_prefill`). `cpu_attention(model, name)`
+switches a model to one of them inside a block when the model is on a CPU; other
+devices keep their kernel.
 """
 
 from __future__ import annotations

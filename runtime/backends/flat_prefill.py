@@ -2,14 +2,15 @@
 
 A call's prompts are left-padded to one length, and a padded prefill pays for every
 column: at NeuroMAS-3's answer level, eight prompts of 175-262 tokens make 2,088
-columns to prefill (each prompt but its last token), of which 1,744 are real. And the rows repeat each other:
-a GRPO group's samples of one node share their prompt's start (the template and the
-question) and differ only in what earlier nodes wrote. Under one adapter, a token whose
-id and position, and every token before it, equal another row's has the same keys and
-values in every layer (`attention.SharedStarts`), so here each such run is computed
-once: those eight prompts are 1,171 flat tokens, and the sixteen 108-token prompts of
-the level before (four distinct ones, which share the template) are 300. On one core
-the answer level's prefill takes about 2.1 s where the padded one took 3.8.
+columns to prefill (each prompt but its last token), of which 1,744 are real. And the
+rows repeat each other: a GRPO group's samples of one node share their prompt's start
+(the template and the question) and differ only in what earlier nodes wrote. Under one
+adapter, a token whose id and position, and every token before it, equal another row's
+has the same keys and values in every layer (`attention.SharedStarts`), so here each
+such run is computed once: those eight prompts are 1,171 flat tokens, and the sixteen
+108-token prompts of the level before (four distinct ones, which share the template)
+are 300. On one core the answer level's prefill takes about 2.1 s where the padded one
+took 3.8.
 
 The model sees the distinct real tokens as N rows of one token each, as the update's
 flat batches do (`training.flat_tokens`), with the same kernels: per-token adapters
@@ -38,7 +39,8 @@ def flat_prefill(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     input_ids, attention_mask: (B, P), left-padded; adapters: B names (lora_rows'
     BASE_ADAPTER for none); cache: a transformers cache with one layer per decoder layer,
     still empty. Returns False, touching nothing, where the model cannot run the flat
-    attention (not on a CPU, or an attention implementation other than sdpa or eager)."""
+    attention (not on a CPU, or an attention implementation other than sdpa or eager)
+    or no prompt has a token before its last."""
     rows, width = input_ids.shape[0], input_ids.shape[1] - 1
     if width == 0:
         return False
@@ -74,4 +76,3 @@ def flat_prefill(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
         )  # (B, Hkv, W, D)
         layer.update(padded_keys, padded_values)
     return True
-
