@@ -45,6 +45,12 @@ def test_a_dry_run_prints_every_step_under_one_folder_within_nine_minutes(tmp_pa
     assert not out.exists()  # a dry run writes nothing
 
 
+def test_the_update_step_runs_only_when_asked_for():
+    done = gpu_check("--dry-run", "--only", "update", "--out", "/tmp/o", "--python", "py")
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    assert line.startswith("[update] timeout 90s: py bench/update.py ") and "--out /tmp/o/update.json" in line
+
+
 def test_only_picks_steps_and_bad_arguments_exit_2_with_the_usage():
     done = gpu_check("--dry-run", "--only", "sync", "--only", "train", "--out", "/tmp/o")
     assert [line.split("]")[0][1:] for line in done.stdout.splitlines() if line.startswith("[")] == ["sync", "train"]
