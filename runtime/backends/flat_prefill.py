@@ -41,38 +41,49 @@ def flat_prefill(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     still empty. Returns False, touching nothing, where the model cannot run the flat
     attention (not on a CPU, or an attention implementation other than sdpa or eager)
     or no prompt has a token before its last."""
-    rows, width = input_ids.shape[0], input_ids.shape[1] - 1
-    if width == 0:
+    if input_ids.shape[1] < 2:
         return False
+    with cpu_attention(model, FLAT_NAME) as switched:
+        if not switched:
+            return False
+        tokens, names, layout = _flat_tokens(input_ids, attention_mask, adapters,
+                                             model.get_input_embeddings().weight.dtype)
+        key_values: list[tuple[torch.Tensor, torch.Tensor]] = []
+        context, extra = row_adapters(model, names, prefer_peft=prefer_peft)
+        with torch.inference_mode(), packed_linears(model), head_skipped(model), context:
+            model(input_ids=tokens[:, :1], position_ids=tokens[:, 1:], use_cache=False,
+                  flat_layout=layout, key_values=key_values, **extra)
+            rows, width = input_ids.shape[0], input_ids.shape[1] - 1
+            for layer, (keys, values) in zip(cache.layers, key_values, strict=True):
+                padded_keys, padded_values = (
+                    states.index_select(0, layout.row_slots).view(rows, width, *states.shape[1:]).transpose(1, 2)
+                    for states in (keys, values)
+                )  # (B, Hkv, W, D)
+                layer.update(padded_keys, padded_values)
+    return True
+
+
+def _flat_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, adapters: Sequence[str],
+                 dtype: torch.dtype) -> tuple[torch.Tensor, list[str], FlatLayout]:
+    """The distinct real tokens of the rows but their last tokens: (N, 2) ids and
+    positions, their N adapters, and where attention puts them (rows only, no prefixes;
+    row_slots: each padded slot's token, W = P - 1 slots a row)."""
+    rows, width = input_ids.shape[0], input_ids.shape[1] - 1
+    device = input_ids.device
     used = attention_mask[:, :-1].bool()
     ids, positions = input_ids[:, :-1], (used.long().cumsum(-1) - 1).clamp_(min=0)
     starts = SharedStarts()
     for row in range(rows):
         starts.add_sequence(None, adapters[row], used[row], ids[row], positions[row], first_slot=row * width)
-    slots = torch.tensor(starts.slot_tokens(rows * width), dtype=torch.long, device=input_ids.device)
-    dtype = model.get_input_embeddings().weight.dtype
-    allowed = torch.ones(width, width, dtype=torch.bool, device=input_ids.device).tril() & used[:, None, :]
-    empty = torch.empty(0, dtype=torch.long, device=input_ids.device)
+    slots = torch.tensor(starts.slot_tokens(rows * width), dtype=torch.long, device=device)
+    allowed = torch.ones(width, width, dtype=torch.bool, device=device).tril() & used[:, None, :]
+    empty = torch.empty(0, dtype=torch.long, device=device)
     layout = FlatLayout(
         prefix_slots=empty, row_slots=slots, row_key_slots=slots, prefix_real=empty,
-        row_real=torch.tensor(starts.first_slots, dtype=torch.long, device=input_ids.device),
-        prefix_mask=torch.empty(0, 1, 0, 0, dtype=dtype, device=input_ids.device),
+        row_real=torch.tensor(starts.first_slots, dtype=torch.long, device=device),
+        prefix_mask=torch.empty(0, 1, 0, 0, dtype=dtype, device=device),
         row_mask=additive_mask(allowed, dtype).unsqueeze(1),  # (B, 1, W, W): each row over its own earlier tokens
     )
     tokens = torch.tensor([[token, position] for _, token, position in starts.tokens], dtype=torch.long,
-                          device=input_ids.device)  # (N, 2)
-    key_values: list[tuple[torch.Tensor, torch.Tensor]] = []
-    context, extra = row_adapters(model, [adapter for adapter, _, _ in starts.tokens], prefer_peft=prefer_peft)
-    with cpu_attention(model, FLAT_NAME) as switched:
-        if not switched:
-            return False
-        with torch.inference_mode(), packed_linears(model), head_skipped(model), context:
-            model(input_ids=tokens[:, :1], position_ids=tokens[:, 1:], use_cache=False,
-                  flat_layout=layout, key_values=key_values, **extra)
-    for layer, (keys, values) in zip(cache.layers, key_values, strict=True):
-        padded_keys, padded_values = (
-            states.index_select(0, slots).view(rows, width, *states.shape[1:]).transpose(1, 2)
-            for states in (keys, values)
-        )  # (B, Hkv, W, D)
-        layer.update(padded_keys, padded_values)
-    return True
+                          device=device)
+    return tokens, [adapter for adapter, _, _ in starts.tokens], layout

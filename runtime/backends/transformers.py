@@ -199,8 +199,7 @@ class TransformersBackend:
             names = [request.adapter or BASE_ADAPTER for request in requests]
             if flat_prefill(self.model, input_ids, attention_mask, names, cache, prefer_peft=self.lora_rows == "peft"):
                 return
-        with torch.inference_mode():
-            self._prefill_shared_prompts(requests, input_ids, attention_mask, cache)
+        self._prefill_shared_prompts(requests, input_ids, attention_mask, cache)
 
     def _prefill_shared_prompts(
         self, requests: Sequence[GenRequest], input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any
